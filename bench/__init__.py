@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): step time and memory, against TRL at equal settings."""

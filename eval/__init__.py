@@ -1,0 +1,1 @@
+"""Evaluation: task metrics, the alignment-tax probes, the pairwise judge."""

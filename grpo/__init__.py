@@ -1,0 +1,1 @@
+"""GRPO written by hand: rollouts, group-relative advantages, the clipped loss."""

