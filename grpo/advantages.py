@@ -63,4 +63,6 @@ def group_advantages(
         advantages = centred / (batch_std + eps)
     else:
         advantages = centred
+    # Exactly zero even with eps = 0, where 0 / 0 would give NaN.
+    advantages = torch.where(zero_std_groups.unsqueeze(1), 0.0, advantages)
     return advantages.flatten(), zero_std_groups

@@ -105,8 +105,9 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] | di
             set_value(key, value, str(path))
 
     if isinstance(overrides, dict):
-        overrides = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    for item in overrides or []:
+        for key, value in overrides.items():
+            set_value(key, value, "the overrides")
+    for item in overrides if isinstance(overrides, list) else []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, text = item.split("=", 1)
@@ -173,6 +174,7 @@ class RunConfig:
     prompt_format: str = option("auto", "auto: chat template when the tokenizer has one", ("auto", "chat", "plain"))
     limit: int = option(0, "use only the first N training records (0 = all)")
     dev_limit: int = option(32, "dev records evaluated (0 = all)")
+    max_prompt_tokens: int = option(0, "leave out examples whose prompt is longer (0 = keep all); the count is printed")
 
     lr: float = option(1e-6, "peak learning rate (AdamW)")
     weight_decay: float = option(0.0, "AdamW weight decay")
@@ -193,6 +195,7 @@ class RunConfig:
         check(len(self.lora_target_modules) > 0, "lora_target_modules", "name at least one module", self.lora_target_modules)
         check(self.limit >= 0, "limit", "be >= 0", self.limit)
         check(self.dev_limit >= 0, "dev_limit", "be >= 0", self.dev_limit)
+        check(self.max_prompt_tokens >= 0, "max_prompt_tokens", "be >= 0", self.max_prompt_tokens)
         check(self.lr > 0, "lr", "be > 0", self.lr)
         check(self.weight_decay >= 0, "weight_decay", "be >= 0", self.weight_decay)
         check(0 <= self.adam_beta1 < 1, "adam_beta1", "be in [0, 1)", self.adam_beta1)

@@ -283,6 +283,25 @@ def unmerge_lora(model: nn.Module) -> None:
         layer.unmerge()
 
 
+def merge_and_unload(model: nn.Module) -> None:
+    """Fold every adapter into its base weight and put the plain Linear back.
+
+    Afterwards the model is an ordinary model whose weights are the adapted
+    ones; fresh adapters can be applied on top. This is how a second training
+    stage starts from a first stage's adapter: its reference (the
+    adapter-disabled network) is then the first stage's model, not the base.
+    """
+    for name, layer in list(lora_layers(model)):
+        layer.merge()
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child_name, layer.base_layer)
+    if hasattr(model, "lora_settings"):
+        del model.lora_settings
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+
+
 def peft_weight_keys(module_name: str) -> tuple[str, str]:
     """PEFT's saved keys for the A and B weights of the adapter on `module_name`."""
     prefix = PEFT_KEY_PREFIX + module_name

@@ -198,9 +198,8 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
-    adapter_config = Path(path) / "adapter_config.json"
-    if adapter_config.exists() and not (Path(path) / "tokenizer_config.json").exists():
-        path = resolve_model_path(json.loads(adapter_config.read_text())["base_model_name_or_path"])
+    if adapter_base(path) is not None and not (Path(path) / "tokenizer_config.json").exists():
+        return load_tokenizer(adapter_base(path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -225,7 +224,32 @@ def load_model(
         device: "cpu", "cuda", "cuda:1", ...
         lora: if given, fresh LoRA adapters are applied with these settings
             (keys of `grpo.lora.apply_lora`: r, alpha, dropout, target_modules).
-            An adapter folder already carries its settings and keeps training.
+            An adapter folder is merged into its base first, so fresh adapters
+            (and the adapter-disabled reference) start from the adapted model.
+    """
+    from grpo import lora as lora_lib
+
+    model = _load_weights(name_or_path, dtype, device)
+    if lora:
+        lora_lib.apply_lora(model, **lora)
+    return model, load_tokenizer(name_or_path)
+
+
+def adapter_base(folder: str | Path) -> str | None:
+    """The base model an adapter folder was trained on, or None if `folder` holds no adapter."""
+    config = Path(folder) / "adapter_config.json"
+    if not config.exists():
+        return None
+    return json.loads(config.read_text())["base_model_name_or_path"]
+
+
+def _load_weights(name_or_path: str, dtype: str, device: str):
+    """A plain model with the weights `name_or_path` stands for.
+
+    An adapter folder is loaded as its base (itself possibly an adapter
+    folder: stages stack) with the adapter merged in. A run started from it
+    therefore treats base + adapter as its starting model, which is also
+    what its reference policy is.
     """
     from transformers import AutoModelForCausalLM
 
@@ -234,26 +258,21 @@ def load_model(
     if dtype not in DTYPES:
         raise ModelError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
     path = resolve_model_path(name_or_path)
-    adapter_folder = None
-    if (Path(path) / "adapter_config.json").exists():
-        adapter_folder = Path(path)
-        base = json.loads((adapter_folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-        path = resolve_model_path(base)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
-    except (OSError, ValueError) as err:
-        raise ModelError(_not_found_message(name_or_path, err)) from None
-    model.to(device)
-    # Keep the name the weights came from, so that adapters we save point PEFT
-    # and vLLM at a base they can load.
-    model.name_or_path = name_or_path if adapter_folder is None else base
-    if adapter_folder is not None:
-        lora_lib.load_adapter(model, adapter_folder)
-    elif lora:
-        lora_lib.apply_lora(model, **lora)
-    tokenizer = load_tokenizer(str(adapter_folder) if adapter_folder is not None else name_or_path)
-    return model, tokenizer
-
+    base = adapter_base(path)
+    if base is not None:
+        model = _load_weights(base, dtype, device)
+        lora_lib.load_adapter(model, path)
+        lora_lib.merge_and_unload(model)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        except (OSError, ValueError) as err:
+            raise ModelError(_not_found_message(name_or_path, err)) from None
+        model.to(device)
+    # Adapters saved later name this as their base, so it must load from any
+    # working directory: folders are stored as absolute paths.
+    model.name_or_path = str(Path(name_or_path).resolve()) if Path(name_or_path).is_dir() else name_or_path
+    return model
 
 if __name__ == "__main__":
     # `python -m grpo.models NAME ...` converts builtin models ahead of time (make install does this).

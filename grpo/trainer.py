@@ -123,15 +123,32 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
 
 
 def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
-    """Train and dev examples of the configured task."""
+    """Train and dev examples of the configured task.
+
+    With `max_prompt_tokens` set, examples with longer prompts are left out
+    (and counted on stdout): truncating a source sentence would change the task.
+    """
     train_file = split_path(cfg.data, "train")
     if train_file is None:
         raise DataError(f"no training data: '{cfg.data}' is neither a JSONL file nor a folder with train.jsonl")
     common = dict(task=cfg.task, source_lang=cfg.source_lang, target_lang=cfg.target_lang,
                   data_langs=cfg.data_langs, prompt_format=cfg.prompt_format)
-    train = make_examples(read_jsonl(train_file), tokenizer, limit=cfg.limit, **common)
+
+    def load(path, limit):
+        examples = make_examples(read_jsonl(path), tokenizer, **common)
+        if cfg.max_prompt_tokens:
+            kept = [e for e in examples
+                    if len(tokenizer(e["prompt"], add_special_tokens=False).input_ids) <= cfg.max_prompt_tokens]
+            print(f"{path}: {len(examples) - len(kept)} of {len(examples)} examples have prompts over "
+                  f"{cfg.max_prompt_tokens} tokens and are left out")
+            examples = kept
+        if not examples:
+            raise DataError(f"{path}: no examples left (max_prompt_tokens={cfg.max_prompt_tokens})")
+        return examples[:limit] if limit > 0 else examples
+
+    train = load(train_file, cfg.limit)
     dev_file = split_path(cfg.data, "dev")
-    dev = make_examples(read_jsonl(dev_file), tokenizer, limit=cfg.dev_limit, **common) if dev_file else []
+    dev = load(dev_file, cfg.dev_limit) if dev_file else []
     return train, dev
 
 

@@ -289,6 +289,8 @@ class EmbeddingCosineReward:
         self.max_cached_targets = max_cached_targets
         self._target_embeddings: dict[str, np.ndarray] = {}
         self._warned_unreadable_target = False
+        self._target_chars_seen = 0.0
+        self._target_chars_unread = 0.0
 
     def __call__(
         self, prompts: list[str], completions: list[str], examples: list[dict]
@@ -326,20 +328,36 @@ class EmbeddingCosineReward:
             # dicts keep insertion order: the first key is the oldest entry
             del self._target_embeddings[next(iter(self._target_embeddings))]
 
+    # A name of two rare characters can be 50% unknown to an encoder that reads
+    # the language well; judging the running total over this many characters
+    # keeps the warning for encoders that truly cannot read the language.
+    MIN_CHARS_FOR_COVERAGE = 50
+
     def _check_encoder_reads(self, new_targets: list[str]) -> None:
-        """Warn once if the encoder cannot read a target (e.g. Tibetan with XLM-R)."""
+        """Warn once if the encoder cannot read the targets (e.g. Tibetan with XLM-R).
+
+        The measure is the share of unread characters over all targets seen so
+        far, judged once they total MIN_CHARS_FOR_COVERAGE non-space characters.
+        """
         if self._warned_unreadable_target:
             return
         for text in new_targets:
             fraction = self.encoder.unknown_char_fraction(text)
-            if fraction is not None and fraction > self.unk_warn_threshold:
-                message = (
-                    f"reward encoder {self.encoder.identity!r} cannot read {fraction:.0%} of the "
-                    f"characters of the target {text[:40]!r}: this encoder cannot read the target "
-                    "language, so the semantic reward is mostly noise; point the encoder at LaBSE "
-                    "or a CINO-based model"
-                )
-                warnings.warn(message, EncoderCoverageWarning, stacklevel=4)
-                logger.warning(message)
-                self._warned_unreadable_target = True
+            if fraction is None:
                 return
+            chars = sum(1 for c in text if not c.isspace())
+            self._target_chars_seen += chars
+            self._target_chars_unread += fraction * chars
+        if self._target_chars_seen < self.MIN_CHARS_FOR_COVERAGE:
+            return
+        overall = self._target_chars_unread / self._target_chars_seen
+        if overall > self.unk_warn_threshold:
+            message = (
+                f"reward encoder {self.encoder.identity!r} cannot read {overall:.0%} of the "
+                f"characters of the {self._target_chars_seen:.0f} target characters seen so far "
+                f"(e.g. {new_targets[0][:40]!r}): it cannot read the target language, so the "
+                "semantic reward is mostly noise; point the encoder at LaBSE or a CINO-based model"
+            )
+            warnings.warn(message, EncoderCoverageWarning, stacklevel=4)
+            logger.warning(message)
+            self._warned_unreadable_target = True

@@ -255,15 +255,31 @@ def test_reference_cache_drops_oldest_beyond_capacity():
     assert list(reward._target_embeddings) == ["dog"]
 
 
+LONG_TARGET = "a long target sentence of well over fifty characters, all unknown"
+
+
 def test_unreadable_target_warns_once(caplog):
-    reward = EmbeddingCosineReward(TableEncoder(ANIMALS, unknown_fraction=0.9))
+    vectors = {**ANIMALS, LONG_TARGET: [1.0, 1.0]}
+    reward = EmbeddingCosineReward(TableEncoder(vectors, unknown_fraction=0.9))
+    with warnings.catch_warnings():
+        # 3 characters are too few to judge an encoder by
+        warnings.simplefilter("error", EncoderCoverageWarning)
+        reward(*batch(["cat"], [{"target": "cat"}]))
     with caplog.at_level(logging.WARNING, logger="rewards.embedding"):
         with pytest.warns(EncoderCoverageWarning, match="90%.*LaBSE or a CINO-based model"):
-            reward(*batch(["cat"], [{"target": "cat"}]))
+            reward(*batch(["cat"], [{"target": LONG_TARGET}]))
     assert any("cannot read" in record.message for record in caplog.records)
     with warnings.catch_warnings():
         warnings.simplefilter("error", EncoderCoverageWarning)
         reward(*batch(["cat"], [{"target": "dog"}]))  # a new target, but already warned
+
+
+def test_a_few_unread_characters_among_many_do_not_warn():
+    vectors = {**ANIMALS, LONG_TARGET: [1.0, 1.0]}
+    reward = EmbeddingCosineReward(TableEncoder(vectors, unknown_fraction=0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EncoderCoverageWarning)
+        reward(*batch(["cat"], [{"target": LONG_TARGET}]))
 
 
 def test_use_cannot_read_tibetan(use_encoder):
@@ -313,7 +329,7 @@ def test_minilm_cannot_read_tibetan(minilm_encoder):
 def test_minilm_on_tibetan_targets_warns(minilm_encoder):
     reward = EmbeddingCosineReward(minilm_encoder)
     with pytest.warns(EncoderCoverageWarning, match="cannot read"):
-        reward(*batch([TIBETAN], [{"target": TIBETAN}]))
+        reward(*batch([TIBETAN], [{"target": TIBETAN + " " + TIBETAN}]))  # 58 characters
 
 
 def test_transformers_encoder_load_failure_names_the_encoder(tmp_path):

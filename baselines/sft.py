@@ -1,0 +1,349 @@
+"""Supervised fine-tuning: the strong-SFT baseline and the paper's cold-start stage.
+
+The model learns to write each example's target after its prompt. The
+completion is the target's tokens followed by the tokenizer's EOS token (for
+chat models the end-of-turn token, which is where generation stops). The loss
+is the mean negative log-likelihood of the completion tokens of one optimizer
+batch; prompt and padding tokens are not scored:
+
+    L(theta) = -(1 / N) * sum_{b, t} m[b, t] * log pi_theta(y[b, t] | x_b, y[b, <t])
+
+with m[b, t] = 1 on completion tokens and N = sum m over the whole batch.
+
+Everything around the loss is the GRPO trainer's: the prompts (`load_task_examples`),
+the chunked log-prob pass (`completion_logprobs`, temperature 1), AdamW with
+warmup + cosine, the run folder (config.toml, metrics.jsonl, eval/,
+checkpoints/), checkpoints that load with `load_model` and resume with
+`resume=auto`. A run's last checkpoint is also reachable as `<out_dir>/final`,
+so the next stage names it without knowing the step count:
+
+    python -m baselines.sft configs/cold_start_mt.toml
+    python -m grpo.train configs/mt.toml model=runs/cold-start-mt/final
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grpo import checkpoint as ckpt
+from grpo.config import RunConfig, check, option, save_config
+from grpo.logprobs import completion_logprobs
+from grpo.metrics import MetricsLogger
+from grpo.models import load_model
+from grpo.trainer import (
+    PromptSampler,
+    load_task_examples,
+    make_optimizer,
+    prepare_run_dir,
+    trainable_parameters,
+    warmup_cosine,
+)
+
+FINAL_LINK = "final"
+
+
+@dataclasses.dataclass
+class SFTConfig(RunConfig):
+    """SFT hyperparameters on top of the shared run, model, LoRA, data and optimizer fields."""
+
+    out_dir: str = option("runs/sft-mt", "run folder: resolved config, metrics.jsonl, eval/, checkpoints/, final")
+    lr: float = option(2e-5, "peak learning rate (AdamW); the paper's cold start uses 2e-5")
+    batch_size: int = option(32, "examples per optimizer step (the paper's cold start uses 32)")
+    grad_accum_steps: int = option(1, "micro-batches each optimizer step is split into: less memory, same gradient")
+    epochs: int = option(0, "passes over the training data; > 0 sets the step count to "
+                            "ceil(epochs * train examples / batch_size) in place of max_steps")
+    max_target_tokens: int = option(256, "completion cap in tokens (target + EOS); longer targets are cut and lose EOS")
+    logprob_chunk_tokens: int = option(1024, "tokens per LM-head chunk in log-prob passes")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.batch_size >= 1, "batch_size", "be >= 1", self.batch_size)
+        check(self.grad_accum_steps >= 1 and self.batch_size % self.grad_accum_steps == 0, "grad_accum_steps",
+              f"be >= 1 and divide batch_size = {self.batch_size}", self.grad_accum_steps)
+        check(self.epochs >= 0, "epochs", "be >= 0", self.epochs)
+        check(self.max_target_tokens >= 1, "max_target_tokens", "be >= 1", self.max_target_tokens)
+        check(self.logprob_chunk_tokens >= 1, "logprob_chunk_tokens", "be >= 1", self.logprob_chunk_tokens)
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.grad_accum_steps
+
+
+def total_steps(cfg: SFTConfig, num_train_examples: int) -> int:
+    """Optimizer steps of the run: ceil(epochs * N / batch_size) when epochs > 0, else max_steps."""
+    if cfg.epochs > 0:
+        return math.ceil(cfg.epochs * num_train_examples / cfg.batch_size)
+    return cfg.max_steps
+
+
+# --------------------------------------------------------------------------
+# Examples as token ids, and batches of them
+# --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TokenizedExample:
+    """One training or dev example as token ids (tokenized once, before training)."""
+
+    prompt_ids: list[int]       # the prompt exactly as generation sees it
+    completion_ids: list[int]   # target tokens, then EOS unless the target was cut
+    truncated: bool             # the target was longer than max_target_tokens - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.completion_ids)
+
+
+def tokenize_example(tokenizer, example: dict, max_target_tokens: int) -> TokenizedExample:
+    """Prompt and completion ids of one example.
+
+    The prompt is encoded as `sample_groups` encodes it (its special tokens are
+    already in the text), so SFT trains the very token sequence generation
+    produces. A target cut at `max_target_tokens` keeps no EOS: the model must
+    not learn to stop in the middle of a text.
+    """
+    prompt_ids = tokenizer(example["prompt"], add_special_tokens=False).input_ids
+    target_ids = tokenizer(example["target"], add_special_tokens=False).input_ids
+    completion_ids = target_ids + [tokenizer.eos_token_id]
+    truncated = len(completion_ids) > max_target_tokens
+    return TokenizedExample(prompt_ids, completion_ids[:max_target_tokens], truncated)
+
+
+@dataclasses.dataclass
+class SFTBatch:
+    """A micro-batch in a rollout's layout, ready for `completion_logprobs`."""
+
+    prompt_ids: torch.Tensor        # [B, Lp] left-padded
+    prompt_mask: torch.Tensor       # [B, Lp] 1 for real prompt tokens
+    completion_ids: torch.Tensor    # [B, Lc] right-padded
+    completion_mask: torch.Tensor   # [B, Lc] float, 1 for completion tokens (the scored ones)
+
+
+def collate(examples: list[TokenizedExample], pad_id: int, device: str = "cpu") -> SFTBatch:
+    """Pad prompts on the left and completions on the right, as a rollout's tensors are laid out.
+
+    Left-padded prompts end in the same column, so the completion starts at
+    column Lp for every row, which is what `completion_logprobs` expects.
+    """
+    prompt_len = max(len(e.prompt_ids) for e in examples)
+    completion_len = max(len(e.completion_ids) for e in examples)
+    batch = len(examples)
+    prompt_ids = torch.full((batch, prompt_len), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((batch, prompt_len), dtype=torch.long)
+    completion_ids = torch.full((batch, completion_len), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((batch, completion_len), dtype=torch.float32)
+    for row, example in enumerate(examples):
+        p, c = len(example.prompt_ids), len(example.completion_ids)
+        prompt_ids[row, prompt_len - p :] = torch.tensor(example.prompt_ids)
+        prompt_mask[row, prompt_len - p :] = 1
+        completion_ids[row, :c] = torch.tensor(example.completion_ids)
+        completion_mask[row, :c] = 1.0
+    return SFTBatch(prompt_ids.to(device), prompt_mask.to(device), completion_ids.to(device),
+                    completion_mask.to(device))
+
+
+def micro_batches(examples: list[TokenizedExample], count: int) -> list[list[TokenizedExample]]:
+    """Split a batch into `count` equal micro-batches of similar lengths.
+
+    Sorting by length first means each micro-batch pads to about its own
+    longest example instead of the batch's. The loss is a sum over the batch
+    (with one shared normaliser), so the order does not change the gradient.
+    """
+    ordered = sorted(examples, key=lambda e: e.num_tokens)
+    size = len(ordered) // count
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
+
+
+# --------------------------------------------------------------------------
+# The loss
+# --------------------------------------------------------------------------
+def completion_token_logprobs(model, batch: SFTBatch, chunk_tokens: int) -> torch.Tensor:
+    """log pi(y[b, t] | x_b, y[b, <t]) for every completion token, [B, Lc] float32 (0 off the mask).
+
+    Temperature 1: the model's own distribution, not a sampling one.
+    """
+    logprobs, _ = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                      batch.completion_mask, temperature=1.0, chunk_tokens=chunk_tokens)
+    return logprobs
+
+
+def sft_loss(logprobs: torch.Tensor, completion_mask: torch.Tensor, total_tokens: float) -> torch.Tensor:
+    """L = -(1 / N) * sum_{b, t} m[b, t] * logprobs[b, t]  (a scalar).
+
+    logprobs, completion_mask: [B, Lc] for one micro-batch. N = total_tokens is
+    the number of completion tokens in the whole optimizer batch, not in this
+    micro-batch, so that summing the micro-batches' gradients gives exactly the
+    gradient of the batch's mean token NLL.
+    """
+    return -(logprobs * completion_mask).sum() / total_tokens
+
+
+def accumulate_gradients(model, batch: list[TokenizedExample], cfg: SFTConfig, pad_id: int) -> float:
+    """Backward pass of one optimizer batch in `grad_accum_steps` micro-batches; returns its loss L.
+
+    Gradients are added to the parameters' .grad; the caller zeroes and steps.
+    """
+    total_tokens = sum(len(e.completion_ids) for e in batch)
+    loss_value = 0.0
+    for micro in micro_batches(batch, cfg.grad_accum_steps):
+        tensors = collate(micro, pad_id, cfg.device)
+        loss = sft_loss(completion_token_logprobs(model, tensors, cfg.logprob_chunk_tokens),
+                        tensors.completion_mask, total_tokens)
+        loss.backward()
+        loss_value += loss.item()
+    return loss_value
+
+
+def clip_and_step(model, optimizer, scheduler, loss_value: float, max_grad_norm: float) -> tuple[float, bool]:
+    """Clip the gradient's global norm, then step; a non-finite step is skipped.
+
+    A NaN or inf would poison AdamW's moments for good, so such a step only
+    advances the schedule. Returns (grad norm before clipping, skipped).
+    """
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        trainable_parameters(model), max_grad_norm if max_grad_norm > 0 else float("inf")
+    )
+    skipped = not (math.isfinite(loss_value) and torch.isfinite(grad_norm))
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    scheduler.step()
+    return float(grad_norm), skipped
+
+
+# --------------------------------------------------------------------------
+# Dev loss
+# --------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_loss(model, dev: list[TokenizedExample], dev_examples: list[dict], cfg: SFTConfig, pad_id: int,
+                  run_dir: Path, step: int) -> dict:
+    """Mean completion-token NLL on the dev set; per-example NLLs go to eval/step-N.jsonl.
+
+        eval/loss = sum_i nll_i / sum_i n_i,   nll_i = -sum_t log pi(y[i, t] | ...), n_i its token count
+    """
+    model.eval()
+    nll = np.zeros(len(dev))
+    # Length-sorted chunks pad little; results are written back in dev order.
+    order = sorted(range(len(dev)), key=lambda i: dev[i].num_tokens)
+    for start in range(0, len(order), cfg.micro_batch_size):
+        rows = order[start : start + cfg.micro_batch_size]
+        tensors = collate([dev[i] for i in rows], pad_id, cfg.device)
+        logprobs = completion_token_logprobs(model, tensors, cfg.logprob_chunk_tokens)
+        nll[rows] = (-(logprobs * tensors.completion_mask).sum(dim=1)).cpu().numpy()
+    tokens = np.array([len(e.completion_ids) for e in dev])
+    out_dir = run_dir / "eval"
+    out_dir.mkdir(exist_ok=True)
+    with open(out_dir / f"step-{step:06d}.jsonl", "w", encoding="utf-8") as f:
+        for example, example_nll, example_tokens in zip(dev_examples, nll, tokens):
+            row = {"id": example["id"], "source": example["source"], "target": example["target"],
+                   "loss": float(example_nll / example_tokens), "tokens": int(example_tokens)}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {"eval/loss": float(nll.sum() / tokens.sum())}
+
+
+# --------------------------------------------------------------------------
+# The stable name of a run's last checkpoint
+# --------------------------------------------------------------------------
+def link_final(run_dir: Path, checkpoint: Path) -> Path:
+    """Point `<run_dir>/final` at `checkpoint` (a relative symlink, replaced atomically)."""
+    link = run_dir / FINAL_LINK
+    tmp = run_dir / f".{FINAL_LINK}.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(checkpoint, run_dir))
+    os.replace(tmp, link)
+    return link
+
+
+# --------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------
+def train_sft(cfg: SFTConfig) -> Path:
+    """Run SFT as configured; returns the run folder."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    run_dir, resume_from = prepare_run_dir(cfg)
+
+    model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
+    train_examples, dev_examples = load_task_examples(cfg, tokenizer)
+    train = [tokenize_example(tokenizer, e, cfg.max_target_tokens) for e in train_examples]
+    dev = [tokenize_example(tokenizer, e, cfg.max_target_tokens) for e in dev_examples]
+    pad_id = tokenizer.pad_token_id
+    steps = total_steps(cfg, len(train))
+
+    optimizer = make_optimizer(model, cfg)
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, steps, cfg.min_lr_ratio)
+    sampler = PromptSampler(len(train), cfg.seed)
+
+    start_step = 0
+    if resume_from is not None:
+        state = ckpt.load_trainer_state(resume_from)
+        ckpt.load_policy_weights(model, resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load(state["sampler"])
+        ckpt.set_rng_state(state["rng"])
+        start_step = state["step"]
+    save_config(cfg, run_dir / "config.toml")
+
+    logger = MetricsLogger(run_dir, steps, bar_keys=("loss", "eval/loss"), initial_step=start_step)
+    truncated = sum(e.truncated for e in train)
+    logger.message(f"run folder: {run_dir}  |  {len(train)} train / {len(dev)} dev examples  |  "
+                   f"{steps} steps of {cfg.batch_size}"
+                   + (f"  |  {truncated} targets cut at max_target_tokens={cfg.max_target_tokens}" if truncated else ""))
+    if dev and start_step == 0:
+        logger.log(0, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run_dir, 0), advance=False)
+
+    for step in range(start_step + 1, steps + 1):
+        started = time.perf_counter()
+        model.train()
+        batch = [train[i] for i in sampler.take(cfg.batch_size)]
+        optimizer.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(model, batch, cfg, pad_id)
+        grad_norm, skipped = clip_and_step(model, optimizer, scheduler, loss, cfg.max_grad_norm)
+        seconds = time.perf_counter() - started
+        logger.log(step, {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "skipped_updates": int(skipped),
+            "lr": scheduler.get_last_lr()[0],
+            "epoch": sampler.epoch + sampler.index / len(train),
+            "completion_tokens": sum(len(e.completion_ids) for e in batch),
+            "time/step": round(seconds, 4),
+            # prompt and completion tokens through the model, padding not counted
+            "tokens_per_second": sum(e.num_tokens for e in batch) / max(seconds, 1e-9),
+        })
+
+        if dev and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
+            logger.log(step, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run_dir, step), advance=False)
+
+        if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "sampler": sampler.state(), "rng": ckpt.rng_state()}
+            ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+
+    logger.close()
+    final = link_final(run_dir, ckpt.latest_checkpoint(run_dir))
+    print(f"done: {run_dir}  (final checkpoint: {final} -> {final.resolve()})")
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m baselines.sft [PRESET.toml] [key=value ...]`; `--help` lists every key."""
+    from grpo.train import main as run_main
+
+    return run_main(argv, config_class=SFTConfig, run=train_sft)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

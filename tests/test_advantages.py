@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+
+from grpo.advantages import group_advantages
+
+
+def test_group_scale_hand_example():
+    # groups [1, 2] and [3, 6]: centred [-0.5, 0.5] and [-1.5, 1.5]; n-1 stds 0.70711 and 2.12132
+    advantages, zero_std = group_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0]), group_size=2, eps=0.0)
+    expected = torch.tensor([-0.5 / 0.5**0.5, 0.5 / 0.5**0.5, -1.5 / 4.5**0.5, 1.5 / 4.5**0.5])
+    assert torch.allclose(advantages, expected, atol=1e-6)
+    assert torch.allclose(advantages, torch.tensor([-0.70711, 0.70711, -0.70711, 0.70711]), atol=1e-5)
+    assert zero_std.tolist() == [False, False]
+
+
+def test_batch_scale_divides_by_the_batch_std():
+    # batch [1, 2, 3, 6]: mean 3, n-1 variance 14/3, std 2.160247
+    advantages, _ = group_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0]), 2, scale="batch", eps=0.0)
+    std = math.sqrt(14 / 3)
+    assert torch.allclose(advantages, torch.tensor([-0.5, 0.5, -1.5, 1.5]) / std, atol=1e-6)
+    assert torch.allclose(advantages, torch.tensor([-0.23146, 0.23146, -0.69437, 0.69437]), atol=1e-5)
+
+
+def test_no_scale_is_centred_rewards():
+    advantages, _ = group_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0]), 2, scale="none")
+    assert advantages.tolist() == [-0.5, 0.5, -1.5, 1.5]
+
+
+def test_eps_enters_the_denominator():
+    advantages, _ = group_advantages(torch.tensor([0.0, 2.0]), 2, eps=0.5)
+    # std of [0, 2] (n-1) is sqrt(2); centred [-1, 1]
+    assert torch.allclose(advantages, torch.tensor([-1.0, 1.0]) / (2**0.5 + 0.5))
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_equal_rewards_give_zero_advantage(scale):
+    advantages, zero_std = group_advantages(torch.tensor([2.0, 2.0, 2.0, 1.0, 3.0, 5.0]), 3, scale=scale)
+    assert advantages[:3].tolist() == [0.0, 0.0, 0.0]
+    assert zero_std.tolist() == [True, False]
+    assert float(zero_std.float().mean()) == 0.5
+
+
+def test_invalid_rows_leave_the_statistics_and_get_zero():
+    rewards = torch.tensor([1.0, float("nan"), 3.0, 4.0, 4.0, 4.0])
+    valid = torch.isfinite(rewards)
+    advantages, zero_std = group_advantages(rewards, 3, eps=0.0, valid=valid)
+    # valid rewards of group 1: [1, 3], mean 2, std sqrt(2)
+    assert torch.allclose(advantages[:3], torch.tensor([-1 / 2**0.5, 0.0, 1 / 2**0.5]), atol=1e-6)
+    assert advantages[3:].tolist() == [0.0, 0.0, 0.0]
+    assert zero_std.tolist() == [False, True]
+
+
+def test_unknown_scale_raises():
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(torch.zeros(4), 2, scale="rank")

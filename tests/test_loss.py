@@ -1,0 +1,150 @@
+import math
+
+import pytest
+import torch
+
+from grpo.loss import Normaliser, aggregate, clipped_surrogate, grpo_loss, importance_log_ratio, kl_estimate
+
+LOG_HALF, LOG_QUARTER = math.log(0.5), math.log(0.25)
+
+
+@pytest.mark.parametrize(
+    "estimator, expected",
+    [
+        # log_r = log(0.25) - log(0.5) = log(0.5) = -0.693147
+        ("k1", 0.693147),                      # -log_r
+        ("k2", 0.5 * 0.693147**2),             # 0.240227
+        ("k3", 0.5 + 0.693147 - 1.0),          # r - log_r - 1 = 0.193147
+    ],
+)
+def test_kl_estimators_by_hand(estimator, expected):
+    value = kl_estimate(torch.tensor([[LOG_HALF]]), torch.tensor([[LOG_QUARTER]]), estimator)
+    assert value.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_kl_estimators_vanish_when_policies_agree():
+    logp = torch.tensor([[-1.3, -0.2]])
+    for estimator in ("k1", "k2", "k3"):
+        assert torch.allclose(kl_estimate(logp, logp.clone(), estimator), torch.zeros(1, 2))
+
+
+def test_k3_is_unbiased_for_the_true_kl():
+    # Sampling from p, mean of k3 approaches KL(p || q).
+    p = torch.tensor([0.7, 0.2, 0.1])
+    q = torch.tensor([0.4, 0.4, 0.2])
+    samples = torch.multinomial(p, 200_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    k3 = kl_estimate(p.log()[samples], q.log()[samples], "k3")
+    true_kl = float((p * (p / q).log()).sum())
+    assert float(k3.mean()) == pytest.approx(true_kl, rel=0.02)
+
+
+LOSS = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+
+
+def test_sequence_aggregation_by_hand():
+    # (6/3 + 4/1) / 2 = 3
+    assert aggregate(LOSS, MASK, "sequence", Normaliser.of(MASK, 4)).item() == pytest.approx(3.0)
+
+
+def test_token_aggregation_by_hand():
+    # (1 + 2 + 3 + 4) / 4 = 2.5
+    assert aggregate(LOSS, MASK, "token", Normaliser.of(MASK, 4)).item() == pytest.approx(2.5)
+
+
+def test_dr_grpo_aggregation_by_hand():
+    # 10 / (2 sequences * 4 max tokens) = 1.25
+    assert aggregate(LOSS, MASK, "dr_grpo", Normaliser.of(MASK, 4)).item() == pytest.approx(1.25)
+
+
+def test_sequence_level_ratio_is_the_mean_token_log_ratio():
+    logp = torch.tensor([[-1.0, -2.0, -3.0]])
+    old = torch.tensor([[-1.5, -2.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    log_ratio = importance_log_ratio(logp, old, mask, "sequence")
+    assert torch.allclose(log_ratio, torch.full((1, 3), 0.25))  # (0.5 + 0) / 2
+
+
+def test_clipped_token_in_advantage_direction_gets_no_gradient():
+    # rows: (ratio 1.5, A > 0) clipped; (ratio 0.5, A < 0) clipped;
+    #       (ratio 1.5, A < 0) not clipped; (ratio 1.1, A > 0) inside the range.
+    old = torch.zeros(4, 1)
+    logp = torch.tensor([[math.log(1.5)], [math.log(0.5)], [math.log(1.5)], [math.log(1.1)]], requires_grad=True)
+    advantages = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    loss, low, high = clipped_surrogate(logp - old, advantages, eps_low=0.2, eps_high=0.2)
+    loss.sum().backward()
+    grad = logp.grad.squeeze(1)
+    assert grad[0] == 0 and grad[1] == 0
+    # d/dlogp of -(ratio * A) = -ratio * A
+    assert grad[2].item() == pytest.approx(1.5)
+    assert grad[3].item() == pytest.approx(-1.1)
+    assert high.squeeze(1).tolist() == [True, False, False, False]
+    assert low.squeeze(1).tolist() == [False, True, False, False]
+    # clipped values: -min(1.5, 1.2) = -1.2 ; -min(-0.5, -0.8) = 0.8 ; -min(-1.5, -1.2) = 1.5
+    assert loss.squeeze(1).tolist() == pytest.approx([-1.2, 0.8, 1.5, -1.1])
+
+
+def test_mu1_ratio_is_one_with_policy_gradient():
+    # old = logp.detach(): loss value is -A, gradient is -A * mask / |o| (sequence mode)
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    mask = torch.ones(1, 2)
+    loss, stats = grpo_loss(logp, logp.detach(), None, torch.tensor([2.0]), mask, Normaliser.of(mask, 2))
+    loss.backward()
+    assert loss.item() == pytest.approx(-2.0)
+    assert logp.grad.tolist() == [[-1.0, -1.0]]
+    assert stats["clip_region"].item() == 0.0
+
+
+def _random_batch(seed: int, rows: int = 8, time: int = 6):
+    generator = torch.Generator().manual_seed(seed)
+    logp = (-torch.rand(rows, time, generator=generator) * 3).requires_grad_(True)
+    old = (logp.detach() + 0.3 * torch.randn(rows, time, generator=generator))
+    ref = logp.detach() + 0.3 * torch.randn(rows, time, generator=generator)
+    advantages = torch.randn(rows, generator=generator)
+    lengths = torch.randint(1, time + 1, (rows,), generator=generator)
+    mask = (torch.arange(time).unsqueeze(0) < lengths.unsqueeze(1)).float()
+    return logp, old, ref, advantages, mask
+
+
+@pytest.mark.parametrize("aggregation", ["sequence", "token", "dr_grpo"])
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_gradient_accumulation_matches_one_big_batch(aggregation, level):
+    logp, old, ref, advantages, mask = _random_batch(seed=1)
+    settings = dict(beta=0.1, aggregation=aggregation, importance_level=level, eps_low=0.2, eps_high=0.28)
+    norm = Normaliser.of(mask, max_new_tokens=6)
+
+    full_loss, _ = grpo_loss(logp, old, ref, advantages, mask, norm, **settings)
+    (full_grad,) = torch.autograd.grad(full_loss, logp)
+
+    accumulated_grad = torch.zeros_like(logp)
+    accumulated_loss = 0.0
+    for rows in (slice(0, 3), slice(3, 5), slice(5, 8)):  # uneven micro-batches
+        micro_loss, _ = grpo_loss(logp[rows], old[rows], ref[rows], advantages[rows], mask[rows], norm, **settings)
+        accumulated_grad += torch.autograd.grad(micro_loss, logp)[0]
+        accumulated_loss += micro_loss.item()
+
+    assert accumulated_loss == pytest.approx(full_loss.item(), abs=1e-6)
+    assert torch.allclose(accumulated_grad, full_grad, atol=1e-7)
+
+
+def test_micro_batch_local_normaliser_would_differ():
+    # The guard against the known bug: normalising each micro-batch by its own
+    # token count does NOT reproduce the full-batch token-mode gradient.
+    logp, old, ref, advantages, mask = _random_batch(seed=2)
+    full_loss, _ = grpo_loss(logp, old, ref, advantages, mask, Normaliser.of(mask, 6), aggregation="token")
+    (full_grad,) = torch.autograd.grad(full_loss, logp)
+    local_grad = torch.zeros_like(logp)
+    for rows in (slice(0, 2), slice(2, 8)):
+        loss, _ = grpo_loss(logp[rows], old[rows], ref[rows], advantages[rows], mask[rows],
+                            Normaliser.of(mask[rows], 6), aggregation="token")
+        local_grad += torch.autograd.grad(loss, logp)[0] / 2
+    assert not torch.allclose(local_grad, full_grad, atol=1e-6)
+
+
+def test_kl_term_adds_beta_times_k3():
+    logp = torch.tensor([[LOG_HALF]], requires_grad=True)
+    ref = torch.tensor([[LOG_QUARTER]])
+    mask = torch.ones(1, 1)
+    loss, stats = grpo_loss(logp, logp.detach(), ref, torch.tensor([0.0]), mask, Normaliser.of(mask, 1), beta=0.5)
+    assert stats["kl"].item() == pytest.approx(0.193147, abs=1e-5)
+    assert loss.item() == pytest.approx(0.5 * 0.193147, abs=1e-5)

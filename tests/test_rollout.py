@@ -1,0 +1,84 @@
+import math
+
+import torch
+
+from grpo.rollout import completion_mask_after_eos, filter_logits, sample_groups
+
+
+def test_mask_keeps_tokens_up_to_and_including_first_eos():
+    ids = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 9, 9, 9]])
+    mask, truncated = completion_mask_after_eos(ids, torch.tensor([2]))
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert truncated.tolist() == [False, True, False]
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept.tolist() == [[False, True, True, False]]
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    logits = torch.tensor([[math.log(p) for p in (0.15, 0.5, 0.05, 0.3)]])
+    # sorted: 0.5, 0.3, 0.15, 0.05; mass before each: 0, 0.5, 0.8, 0.95
+    assert torch.isfinite(filter_logits(logits, top_p=0.7)).tolist() == [[False, True, False, True]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=1.0)).all()
+
+
+def _prompts(tokenizer):
+    return [tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                          add_generation_prompt=True)
+            for text in ("Translate: hello", "A much longer prompt, so the batch needs left padding here.")]
+
+
+def test_rollout_shapes_groups_and_masks(tiny):
+    model, tokenizer = tiny
+    rollout = sample_groups(model, tokenizer, _prompts(tokenizer), group_size=3, max_new_tokens=6,
+                            temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert rollout.prompt_ids.shape[0] == 6 and rollout.completion_ids.shape == (6, rollout.completion_mask.shape[1])
+    # rows of a group share their prompt
+    assert torch.equal(rollout.prompt_ids[0], rollout.prompt_ids[2])
+    assert not torch.equal(rollout.prompt_ids[0], rollout.prompt_ids[3])
+    # padding after the first EOS
+    assert (rollout.completion_ids[rollout.completion_mask == 0] == tokenizer.pad_token_id).all()
+
+
+def test_rollout_is_reproducible_from_a_seed(tiny):
+    model, tokenizer = tiny
+    runs = [sample_groups(model, tokenizer, _prompts(tokenizer), 4, 8, temperature=1.0, top_p=0.9,
+                          generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(runs[0].completion_ids, runs[1].completion_ids)
+    other = sample_groups(model, tokenizer, _prompts(tokenizer), 4, 8, temperature=1.0,
+                          generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(runs[0].completion_ids, other.completion_ids)
+
+
+def test_left_padded_batch_decodes_like_each_prompt_alone(tiny):
+    # Greedy decoding with the shared prefill and KV cache must not depend on
+    # the padding a prompt receives from its batch-mates.
+    model, tokenizer = tiny
+    prompts = _prompts(tokenizer)
+    together = sample_groups(model, tokenizer, prompts, 1, 8, temperature=0.0, ignore_eos=True)
+    for row, prompt in enumerate(prompts):
+        alone = sample_groups(model, tokenizer, [prompt], 1, 8, temperature=0.0, ignore_eos=True)
+        assert torch.equal(together.completion_ids[row], alone.completion_ids[0])
+
+
+def test_sampled_tokens_follow_the_scored_distribution(tiny):
+    # The generation loop (KV cache) and the scoring pass (one full forward)
+    # must see the same distribution: the greedy token is the argmax of the scored logits.
+    from grpo.logprobs import completion_logprobs
+
+    model, tokenizer = tiny
+    rollout = sample_groups(model, tokenizer, _prompts(tokenizer), 1, 5, temperature=0.0, ignore_eos=True)
+    with torch.no_grad():
+        logprobs, _ = completion_logprobs(model, rollout.prompt_ids, rollout.prompt_mask,
+                                          rollout.completion_ids, rollout.completion_mask)
+        input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)
+        mask = torch.cat([rollout.prompt_mask, rollout.completion_mask.long()], 1)
+        from grpo.logprobs import position_ids_from_mask
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    predicted = logits[:, rollout.prompt_ids.shape[1] - 1 : -1].argmax(-1)
+    assert torch.equal(predicted, rollout.completion_ids)
+    assert (logprobs <= 0).all()
