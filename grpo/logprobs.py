@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
 
 DEFAULT_CHUNK_TOKENS = 1024
 
@@ -27,7 +28,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
-def _logits(hidden: torch.Tensor, head_weight: torch.Tensor, temperature: float, softcap: float | None) -> torch.Tensor:
+def head_logits(hidden: torch.Tensor, head_weight: torch.Tensor, temperature: float, softcap: float | None) -> torch.Tensor:
     """z = (W h) / temperature, in float32, soft-capped first if the model does so. [N, H] -> [N, V]."""
     logits = F.linear(hidden, head_weight).float()
     if softcap:
@@ -54,7 +55,7 @@ def _chunk_logprobs(
     Shapes: hidden [N, H], head_weight [V, H], targets [N] -> logprobs [N]
     float32 and entropy [N] (detached; empty if not asked for).
     """
-    logits = _logits(hidden, head_weight, temperature, softcap)
+    logits = head_logits(hidden, head_weight, temperature, softcap)
     target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
     logprobs = target_logits - torch.logsumexp(logits, dim=-1)
     entropy = _entropy(logits.detach()) if with_entropy else logits.new_empty(0)
@@ -115,6 +116,61 @@ def logprobs_from_hidden(
     return scatter(logprob_chunks), (scatter(entropy_chunks) if with_entropy else None)
 
 
+def completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """Final hidden states at the positions that predict each completion token.
+
+    One pass over [prompt; completion]; the state at position p predicts token p + 1.
+    Shapes: prompts [B, Lp], completions [B, Lc] -> [B, Lc, H].
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)          # [B, Lp+Lc]
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
+    hidden = model.base_model(  # the transformer without its LM head
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state                                                 # [B, Lp+Lc, H]
+    return hidden[:, prompt_ids.shape[1] - 1 : -1]
+
+
+def shared_prompt_hidden_states(
+    model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size: int
+) -> torch.Tensor:
+    """Same result as `completion_hidden_states`, running each group's prompt once.
+
+    Rows g*G ... g*G+G-1 share one prompt. The prompt pass builds a key/value
+    cache for the P distinct prompts, the cache is repeated G times, and the
+    B completions attend to it. Gradients flow back through the cache into
+    the prompt pass, so the gradient is unchanged while the prompt tokens are
+    processed P times instead of B = P * G times.
+
+    Shapes: prompts [B, Lp], completions [B, Lc] -> [B, Lc, H].
+    """
+    body = model.base_model
+    distinct_prompt_ids = prompt_ids[::group_size]                      # [P, Lp]
+    distinct_prompt_mask = prompt_mask[::group_size]
+    cache = DynamicCache(config=model.config)
+    prompt_hidden = body(
+        input_ids=distinct_prompt_ids,
+        attention_mask=distinct_prompt_mask,
+        position_ids=position_ids_from_mask(distinct_prompt_mask),
+        cache=cache,
+        use_cache=True,
+    ).last_hidden_state                                                 # [P, Lp, H]
+    cache.batch_repeat_interleave(group_size)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
+    completion_hidden = body(
+        input_ids=completion_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask)[:, prompt_ids.shape[1]:],
+        cache=cache,
+        use_cache=True,
+    ).last_hidden_state                                                 # [B, Lc, H]
+    # The last prompt position predicts the first completion token.
+    first = prompt_hidden[:, -1:].repeat_interleave(group_size, dim=0)  # [B, 1, H]
+    return torch.cat([first, completion_hidden[:, :-1]], dim=1)
+
+
 def completion_logprobs(
     model,
     prompt_ids: torch.Tensor,
@@ -124,8 +180,9 @@ def completion_logprobs(
     temperature: float = 1.0,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     with_entropy: bool = False,
+    group_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(o_t | q, o_<t) for every completion token, in one transformer pass.
+    """log pi(o_t | q, o_<t) for every completion token.
 
     Args:
         model: a transformers causal LM.
@@ -133,24 +190,18 @@ def completion_logprobs(
         completion_ids, completion_mask: [B, Lc] completions, mask 0 after EOS.
         temperature: the sampling temperature (log-probs of the distribution
             the tokens were actually drawn from).
+        group_size: G > 1 when rows come in contiguous groups of G sharing a
+            prompt: each prompt then goes through the model once.
 
     Returns:
         logprobs [B, Lc] float32 and optionally entropy [B, Lc].
     """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)          # [B, Lp+Lc]
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
-    body = model.base_model  # the transformer without its LM head
-    hidden = body(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state                                                 # [B, Lp+Lc, H]
-    prompt_len = prompt_ids.shape[1]
-    # The hidden state at position p predicts token p + 1.
-    predicting_hidden = hidden[:, prompt_len - 1 : -1]                  # [B, Lc, H]
+    if group_size > 1:
+        hidden = shared_prompt_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size)
+    else:
+        hidden = completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     head_weight = model.get_output_embeddings().weight
     softcap = getattr(model.config, "final_logit_softcapping", None)
     return logprobs_from_hidden(
-        predicting_hidden, head_weight, completion_ids, completion_mask, temperature, softcap, chunk_tokens, with_entropy
+        hidden, head_weight, completion_ids, completion_mask, temperature, softcap, chunk_tokens, with_entropy
     )

@@ -36,7 +36,8 @@ class MetricsLogger:
     """
 
     def __init__(self, run_dir, total_steps: int, bar_keys=("reward", "kl"), enabled: bool = True,
-                 initial_step: int = 0, name: str = "metrics.jsonl", desc: str = "train"):
+                 initial_step: int = 0, name: str = "metrics.jsonl", desc: str = "train",
+                 truncate_after: int | None = None):
         self.enabled = enabled
         self.bar_keys = bar_keys
         self.start = time.time()
@@ -44,6 +45,10 @@ class MetricsLogger:
             return
         self.path = Path(run_dir) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if truncate_after is not None and self.path.exists():
+            # A resumed run repeats the steps after its checkpoint: drop their old lines.
+            kept = [row for row in read_metrics(self.path) if row["step"] <= truncate_after]
+            self.path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
         self.file = open(self.path, "a", encoding="utf-8")
         self.bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True)
 

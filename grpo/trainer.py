@@ -24,11 +24,13 @@ import numpy as np
 import torch
 
 from grpo import checkpoint as ckpt
+from grpo import distributed as dist
 from grpo import lora
 from grpo.advantages import group_advantages
-from grpo.config import GRPOConfig, save_config
+from grpo.config import GRPOConfig, save_config, to_dict
 from grpo.data import make_examples, read_jsonl, split_path
 from grpo.errors import ConfigError, DataError, UserError
+from grpo.guards import NonFiniteGuard, TooManySkippedSteps, check_reward_failures, score_with_fallback
 from grpo.logprobs import completion_logprobs
 from grpo.loss import Normaliser, grpo_loss, masked_mean
 from grpo.metrics import MetricsLogger
@@ -111,7 +113,12 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
     elif cfg.resume:
         resume_from = Path(cfg.resume)
     holds_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    if resume_from is not None and not (resume_from / ckpt.STATE_FILE).exists():
+        raise ConfigError(f"resume folder '{resume_from}' is not a checkpoint (it has no {ckpt.STATE_FILE})")
     if holds_run and resume_from is None:
+        if cfg.resume == "auto" and not cfg.overwrite:
+            raise ConfigError(f"out_dir '{run_dir}' holds a run without a checkpoint to resume from; "
+                              "pass overwrite=true to start it again")
         if not cfg.overwrite:
             raise ConfigError(
                 f"out_dir '{run_dir}' already holds a run. Pass resume=auto to continue it, "
@@ -188,8 +195,13 @@ class Reference:
                 return rollout_logprobs(policy, rollout, cfg)[0]
 
 
-def rollout_logprobs(model, rollout: Rollout, cfg: GRPOConfig, rows=slice(None), with_entropy=False):
-    """Log-probs [b, Lc] (and entropy) of the rollout's completion tokens for the given rows."""
+def rollout_logprobs(model, rollout: Rollout, cfg: GRPOConfig, rows=None, with_entropy=False):
+    """Log-probs [b, Lc] (and entropy) of the rollout's completion tokens for the given rows.
+
+    `rows` (default all) must hold whole groups in order, so that each
+    group's shared prompt runs through the model once.
+    """
+    rows = torch.arange(rollout.completion_ids.shape[0]) if rows is None else rows
     return completion_logprobs(
         model,
         rollout.prompt_ids[rows],
@@ -199,29 +211,42 @@ def rollout_logprobs(model, rollout: Rollout, cfg: GRPOConfig, rows=slice(None),
         temperature=cfg.temperature,
         chunk_tokens=cfg.logprob_chunk_tokens,
         with_entropy=with_entropy,
+        group_size=cfg.group_size if cfg.share_prompt_pass else 1,
     )
 
 
-def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, old_logprobs, ref_logprobs, cfg):
+def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, old_logprobs, ref_logprobs, cfg,
+                  guard: NonFiniteGuard | None = None):
     """mu epochs over the batch, each split into `minibatches` optimizer steps.
 
-    A minibatch is processed in micro-batches whose gradients accumulate; the
-    loss normaliser is computed once per minibatch so the accumulated
-    gradient equals the gradient of the whole minibatch.
+    A minibatch is processed in micro-batches whose gradients accumulate. The
+    loss normaliser is computed once per minibatch, over all ranks, and
+    gradients are summed over ranks: the accumulated gradient equals the
+    gradient of the whole global minibatch.
+
+    A step whose loss or gradient norm is not finite is skipped (it would
+    poison AdamW's moments for good) and counted by `guard`.
 
     Returns per-update statistics (lists, one entry per optimizer step).
     """
+    guard = guard or NonFiniteGuard(max_consecutive=10**9)
     batch = rollout.completion_ids.shape[0]
+    num_groups = batch // cfg.group_size
     minibatch_size = batch // cfg.minibatches
     micro_size = cfg.micro_batch_size or minibatch_size
+    parameters = trainable_parameters(model)
     stats = {"loss": [], "kl": [], "clip_low": [], "clip_high": [], "clip_region": [], "entropy": [],
              "grad_norm": [], "skipped": 0}
     model.train()
     for epoch in range(cfg.mu):
-        order = torch.randperm(batch) if cfg.minibatches > 1 else torch.arange(batch)
+        # Shuffle whole groups, so every micro-batch keeps its groups intact.
+        group_order = torch.randperm(num_groups) if cfg.minibatches > 1 else torch.arange(num_groups)
+        order = (group_order.unsqueeze(1) * cfg.group_size + torch.arange(cfg.group_size)).flatten()
         for start in range(0, batch, minibatch_size):
             minibatch = order[start : start + minibatch_size]
-            norm = Normaliser.of(loss_mask[minibatch], cfg.max_new_tokens)
+            local = Normaliser.of(loss_mask[minibatch], cfg.max_new_tokens)
+            norm = Normaliser(dist.all_reduce_sum(local.num_sequences), dist.all_reduce_sum(local.num_tokens),
+                              cfg.max_new_tokens)
             optimizer.zero_grad(set_to_none=True)
             step_loss, step_stats = 0.0, {}
             for micro_start in range(0, minibatch_size, micro_size):
@@ -242,20 +267,23 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
                 share = len(rows) / minibatch_size
                 for key, value in micro_stats.items():
                     step_stats[key] = step_stats.get(key, 0.0) + share * float(value)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                trainable_parameters(model), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            )
-            if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
-                # A non-finite step would poison AdamW's moments for good: skip it.
+            dist.all_reduce_gradients(parameters)
+            step_loss = dist.all_reduce_sum(step_loss)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                parameters, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            ))
+            skipped = not guard.is_finite(step_loss, grad_norm)
+            if skipped:
                 optimizer.zero_grad(set_to_none=True)
                 stats["skipped"] += 1
             else:
                 optimizer.step()
             scheduler.step()
             stats["loss"].append(step_loss)
-            stats["grad_norm"].append(float(grad_norm))
+            stats["grad_norm"].append(grad_norm)
             for key, value in step_stats.items():
                 stats[key].append(value)
+            guard.record(skipped)
     return stats
 
 
@@ -281,64 +309,103 @@ def evaluate(model, tokenizer, reward_fn, examples, cfg, run_dir: Path, step: in
         rollout = sample_groups(model, tokenizer, [e["prompt"] for e in chunk], group_size=1,
                                 max_new_tokens=cfg.eval_max_new_tokens, temperature=0.0)
         completions += decode_completions(tokenizer, rollout)
-    scored = reward_fn([e["prompt"] for e in examples], completions, examples)
+    values, components, errors = score_with_fallback(reward_fn, [e["prompt"] for e in examples], completions, examples)
+    check_reward_failures(errors, completions, examples, cfg.max_reward_failures)
     out_dir = run_dir / "eval"
     out_dir.mkdir(exist_ok=True)
     with open(out_dir / f"step-{step:06d}.jsonl", "w", encoding="utf-8") as f:
         for i, (example, completion) in enumerate(zip(examples, completions)):
             row = {"id": example["id"], "source": example["source"], "target": example["target"],
-                   "output": completion, "reward": float(scored.values[i])}
+                   "output": completion, "reward": float(values[i])}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     lengths = [len(c) for c in completions]
-    return {**summarise_rewards(scored.values, scored.components, prefix="eval/"),
+    return {**summarise_rewards(values, components, prefix="eval/"),
             "eval/mean_chars": float(np.mean(lengths))}
 
 
 # --------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------
+RESUME_KEYS = ("model", "lora_r", "task", "data", "source_lang", "target_lang", "prompts_per_step", "group_size",
+               "reward_weights", "encoder", "encoder_pooling", "tau", "custom_reward")
+
+
+def check_resume_matches(cfg: GRPOConfig, saved_config: dict, checkpoint: Path) -> None:
+    """Refuse to continue a checkpoint under a config that changes what it was trained on."""
+    changed = [f"{key}: checkpoint {saved_config.get(key)!r}, now {getattr(cfg, key)!r}"
+               for key in RESUME_KEYS if saved_config.get(key) != getattr(cfg, key)]
+    if changed:
+        raise ConfigError(f"cannot resume from {checkpoint}: the config differs in\n  " + "\n  ".join(changed)
+                          + "\nUse the run's own config.toml, or start a new run.")
+
+
 def train(cfg: GRPOConfig) -> Path:
     """Run GRPO as configured; returns the run folder."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    run_dir, resume_from = prepare_run_dir(cfg)
+    rank, world_size = dist.init(cfg.device)
+    torch.manual_seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    run_dir, resume_from = prepare_run_dir(cfg) if dist.is_main() else (Path(cfg.out_dir), None)
+    dist.barrier()
+    if not dist.is_main() and cfg.resume:
+        resume_from = ckpt.latest_checkpoint(run_dir) if cfg.resume == "auto" else Path(cfg.resume)
 
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
     reference = Reference(model) if cfg.beta > 0 else None
     reward_fn = build_reward_from_config(cfg)
     train_examples, dev_examples = load_task_examples(cfg, tokenizer)
-    if reference is None and cfg.beta > 0:
-        raise UserError("beta > 0 needs a reference policy")
 
     updates_per_step = cfg.mu * cfg.minibatches
     optimizer = make_optimizer(model, cfg)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps * updates_per_step, cfg.min_lr_ratio)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed + rank)
     sampler = PromptSampler(len(train_examples), cfg.seed)
+    guard = NonFiniteGuard(cfg.max_skipped_steps)
 
     start_step = 0
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
+        check_resume_matches(cfg, state["config"], resume_from)
         ckpt.load_policy_weights(model, resume_from)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load(state["sampler"])
-        ckpt.set_rng_state(state["rng"], generator)
+        ckpt.set_rng_state(state["rng"][rank], generator)
         start_step = state["step"]
-    save_config(cfg, run_dir / "config.toml")
 
-    logger = MetricsLogger(run_dir, cfg.max_steps, bar_keys=("reward", "kl", "eval/reward"), initial_step=start_step)
-    logger.message(f"run folder: {run_dir}  |  {len(train_examples)} train / {len(dev_examples)} dev examples")
-    if dev_examples and start_step == 0:
+    def save(step: int) -> None:
+        # Every rank's RNG goes into the state, so that a resumed run samples what the original would have.
+        rng = [None] * world_size
+        if dist.is_distributed():
+            torch.distributed.all_gather_object(rng, ckpt.rng_state(generator))
+        else:
+            rng = [ckpt.rng_state(generator)]
+        if dist.is_main():
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "sampler": sampler.state(), "rng": rng, "config": to_dict(cfg),
+                     "reward_identity": reward_identity(reward_fn)}
+            ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+        dist.barrier()
+
+    if dist.is_main():
+        save_config(cfg, run_dir / "config.toml")
+    logger = MetricsLogger(run_dir, cfg.max_steps, bar_keys=("reward", "kl", "eval/reward"), enabled=dist.is_main(),
+                           initial_step=start_step, truncate_after=start_step if resume_from else None)
+    logger.message(f"run folder: {run_dir}  |  {len(train_examples)} train / {len(dev_examples)} dev examples"
+                   + (f"  |  resumed at step {start_step}" if resume_from else "")
+                   + (f"  |  {world_size} processes" if world_size > 1 else ""))
+    if dev_examples and start_step == 0 and dist.is_main():
         logger.log(0, evaluate(model, tokenizer, reward_fn, dev_examples, cfg, run_dir, 0), advance=False)
 
     for step in range(start_step + 1, cfg.max_steps + 1):
         timer = PhaseTimer()
 
-        # 1. Take a batch of prompts; each completion carries its prompt's example.
-        batch_examples = [train_examples[i] for i in sampler.take(cfg.prompts_per_step)]
+        # 1. Take a batch of prompts (this rank's share of the global batch);
+        #    each completion carries its prompt's example.
+        global_batch = sampler.take(cfg.prompts_per_step * world_size)
+        mine = global_batch[rank * cfg.prompts_per_step : (rank + 1) * cfg.prompts_per_step]
+        batch_examples = [train_examples[i] for i in mine]
         examples = [e for e in batch_examples for _ in range(cfg.group_size)]
 
         # 2. Rollouts: G completions per prompt.
@@ -348,10 +415,13 @@ def train(cfg: GRPOConfig) -> Path:
                                     cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator)
             completions = decode_completions(tokenizer, rollout)
 
-        # 3. Rewards.
+        # 3. Rewards; a sample whose reward fails is marked NaN, too many stop the run.
         with timer("reward"):
-            scored = reward_fn([e["prompt"] for e in examples], completions, examples)
-            rewards = torch.as_tensor(scored.values, dtype=torch.float32)
+            prompts = [e["prompt"] for e in examples]
+            reward_values, reward_components, reward_errors = score_with_fallback(reward_fn, prompts, completions,
+                                                                                  examples)
+            check_reward_failures(reward_errors, completions, examples, cfg.max_reward_failures)
+            rewards = torch.as_tensor(reward_values, dtype=torch.float32)
 
         # 4. Group-relative advantages (a failed reward is left out of its group).
         valid = torch.isfinite(rewards)
@@ -370,21 +440,27 @@ def train(cfg: GRPOConfig) -> Path:
                     old_logprobs = rollout_logprobs(model, rollout, cfg)[0]
             ref_logprobs = reference.logprobs(model, rollout, cfg) if reference is not None else None
 
-        # 6. Policy updates.
+        # 6. Policy updates; too many non-finite steps in a row stop the run
+        #    with the last good weights checkpointed (skipped steps change nothing).
         with timer("update"):
-            update = policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages,
-                                   old_logprobs, ref_logprobs, cfg)
+            try:
+                update = policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages,
+                                       old_logprobs, ref_logprobs, cfg, guard)
+            except TooManySkippedSteps:
+                save(step)
+                logger.close()
+                raise
 
-        # 7. Metrics.
+        # 7. Metrics (reward statistics over the global batch).
         lengths = rollout.completion_lengths
-        completion_tokens = float(lengths.sum())
+        all_rewards = dist.all_gather_rows(rewards).numpy()
         metrics = {
-            **summarise_rewards(scored.values, scored.components),
+            **summarise_rewards(all_rewards, reward_components),
             "advantages/mean": float(advantages.mean()),
             "advantages/std": float(advantages.std()),
             "advantages/abs_max": float(advantages.abs().max()),
             "frac_reward_zero_std": float(zero_std.float().mean()),
-            "reward_failures": int((~valid).sum()),
+            "reward_failures": len(reward_errors),
             "loss": float(np.mean(update["loss"])),
             "kl": float(np.mean(update["kl"])) if update["kl"] else 0.0,
             "entropy": float(np.mean(update["entropy"])),
@@ -397,28 +473,36 @@ def train(cfg: GRPOConfig) -> Path:
             "completions/empty_ratio": float((lengths <= 1).float().mean()),
             "grad_norm": float(np.mean(update["grad_norm"])),
             "skipped_updates": update["skipped"],
+            "skipped_updates_total": guard.total,
             "lr": scheduler.get_last_lr()[0],
             "epoch": sampler.epoch + sampler.index / len(train_examples),
             **timer.seconds(),
-            "tokens_per_second": completion_tokens / max(timer.total(), 1e-9),
+            "tokens_per_second": float(lengths.sum()) * world_size / max(timer.total(), 1e-9),
         }
         logger.log(step, metrics)
 
-        # 8. Dev evaluation.
+        # 8. Dev evaluation (rank 0; the others wait at the next barrier).
         if dev_examples and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
-            logger.log(step, evaluate(model, tokenizer, reward_fn, dev_examples, cfg, run_dir, step), advance=False)
+            if dist.is_main():
+                logger.log(step, evaluate(model, tokenizer, reward_fn, dev_examples, cfg, run_dir, step),
+                           advance=False)
 
         # 9. Checkpoint.
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "sampler": sampler.state(), "rng": ckpt.rng_state(generator),
-                     "reward_identity": getattr(reward_fn, "identity", None)}
-            ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+            save(step)
 
     logger.close()
-    final = ckpt.latest_checkpoint(run_dir)
-    print(f"done: {run_dir}  (final checkpoint: {final})")
+    if dist.is_main():
+        print(f"done: {run_dir}  (final checkpoint: {ckpt.latest_checkpoint(run_dir)})")
     return run_dir
+
+
+def reward_identity(reward_fn) -> dict:
+    """What the reward is made of: term names, weights and encoder identities (stored in checkpoints)."""
+    terms = getattr(reward_fn, "terms", [])
+    return {getattr(term, "name", type(term).__name__): {
+        "weight": weight, "encoder": getattr(getattr(term, "encoder", None), "identity", None)}
+        for weight, term in terms}
 
 
 class PhaseTimer:

@@ -42,7 +42,9 @@ def test_parse_value_falls_back_to_string():
         ("reward_weights={semantik=1.0}", r"'reward_weights' must use only the terms semantic, language"),
         ("reward_weights={semantic=0}", r"at least one term a non-zero weight"),
         ("tau=1.0", r"'tau' must be in \[0, 1\)"),
-        ("minibatches=3", r"'minibatches' must divide prompts_per_step \* group_size = 16"),
+        ("minibatches=3", r"'minibatches' must divide prompts_per_step = 2"),
+        ("micro_batch_size=4", r"'micro_batch_size' must be a multiple of group_size = 8"),
+        ("micro_batch_size=3", r"'micro_batch_size' must divide the minibatch size 16"),
         ("lr", r"not of the form key=value"),
     ],
 )

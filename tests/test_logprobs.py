@@ -61,3 +61,24 @@ def test_entropy_of_uniform_distribution_is_log_vocab():
     _, entropy = logprobs_from_hidden(torch.randn(1, 2, hidden), head, torch.zeros(1, 2, dtype=torch.long),
                                       torch.ones(1, 2), with_entropy=True)
     assert torch.allclose(entropy, torch.full((1, 2), torch.log(torch.tensor(50.0)).item()))
+
+
+def test_shared_prompt_pass_equals_the_full_pass(tiny):
+    # rows 0-2 share prompt 0, rows 3-5 prompt 1; completions end at different places
+    model, _ = tiny
+    generator = torch.Generator().manual_seed(3)
+    prompts = torch.randint(3, model.config.vocab_size, (2, 5), generator=generator)
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    prompt_ids, prompt_mask = prompts.repeat_interleave(3, 0), prompt_mask.repeat_interleave(3, 0)
+    completion_ids = torch.randint(3, model.config.vocab_size, (6, 4), generator=generator)
+    completion_mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]] * 2)
+    params = list(model.parameters())
+
+    full, _ = completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=0.8)
+    full_grads = torch.autograd.grad(full.sum(), params)
+    shared, _ = completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                    temperature=0.8, group_size=3)
+    shared_grads = torch.autograd.grad(shared.sum(), params)
+    assert torch.allclose(shared, full, atol=1e-5)
+    for a, b in zip(shared_grads, full_grads):
+        assert (a - b).norm() <= 1e-4 * b.norm() + 1e-8

@@ -26,6 +26,7 @@ from grpo.checkpoint import latest_checkpoint
 from grpo.config import GRPOConfig, load_config
 from grpo.data import make_examples
 from grpo.errors import ConfigError
+from grpo.guards import TooManySkippedSteps
 from grpo.metrics import read_metrics
 from grpo.models import load_model
 
@@ -194,13 +195,27 @@ def test_resume_continues_exactly(tmp_path):
     shutil.rmtree(run_dir / "checkpoints" / "step-000006")
     assert latest_checkpoint(run_dir).name == "step-000003"
     train_sft(load_config(SFTConfig, overrides={**vars(cfg), "resume": "auto"}))
-    resumed = read_metrics(run_dir / "metrics.jsonl")[len(uninterrupted):]
+    resumed = read_metrics(run_dir / "metrics.jsonl")
 
+    # The resumed run replaced the lines after its checkpoint and reproduced them.
+    assert [row for row in resumed if row["step"] <= 3] == [row for row in uninterrupted if row["step"] <= 3]
     for key in ("loss", "eval/loss"):
         before = [(row["step"], row[key]) for row in uninterrupted if row["step"] > 3 and key in row]
-        after = [(row["step"], row[key]) for row in resumed if key in row]
+        after = [(row["step"], row[key]) for row in resumed if row["step"] > 3 and key in row]
         assert before and [step for step, _ in after] == [step for step, _ in before]
         assert [value for _, value in after] == pytest.approx([value for _, value in before], rel=1e-6)
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path):
+    # A step of 1e30 leaves weights whose next backward pass overflows: the gradient norm turns inf.
+    cfg = sft_config(tmp_path, lr=1e30, max_grad_norm=0.0, max_steps=10, max_skipped_steps=2)
+    with pytest.raises(TooManySkippedSteps):
+        train_sft(cfg)
+    rows = [row for row in read_metrics(Path(cfg.out_dir) / "metrics.jsonl") if "loss" in row]
+    assert [(row["step"], row["skipped_updates"]) for row in rows] == [(1, 0), (2, 1)]
+    assert rows[1]["grad_norm"] is None  # the logger writes a non-finite value as null
+    # The weights of the last good step are kept: step 3 was skipped too, and saved.
+    assert latest_checkpoint(cfg.out_dir).name == "step-000003"
 
 
 @pytest.mark.skipif(not hasattr(lora, "merge_and_unload"),

@@ -130,15 +130,18 @@ def test_micro_batches_give_the_same_update_as_one_batch(tiny, tmp_path):
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     results = []
     for aggregation in ("sequence", "token", "dr_grpo"):
-        for micro in (0, 2):
+        for micro, share in ((0, False), (4, True), (2, False)):
             model.load_state_dict(initial)
             cfg = tiny_config(tmp_path, micro_batch_size=micro, loss_aggregation=aggregation, beta=0.0,
-                              lr=1e-3, max_grad_norm=0.0)
+                              lr=1e-3, max_grad_norm=0.0, share_prompt_pass=share)
             optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
             trainer.policy_update(model, optimizer, scheduler, rollout, rollout.completion_mask, advantages,
                                   None, None, cfg)
             results.append({k: v.clone() for k, v in model.state_dict().items()})
-    for whole, micro in zip(results[0::2], results[1::2]):
-        for key in whole:
-            assert torch.allclose(whole[key], micro[key], atol=1e-6), key
+    # per aggregation: whole batch, micro-batches of whole groups with the
+    # shared prompt pass, micro-batches of 2 rows without it
+    for whole, *micro_results in zip(results[0::3], results[1::3], results[2::3]):
+        for micro in micro_results:
+            for key in whole:
+                assert torch.allclose(whole[key], micro[key], atol=1e-6), key
