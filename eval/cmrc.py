@@ -34,11 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from grpo.data import render_prompt
 from grpo.errors import DataError
-from grpo.rollout import decode_completions, sample_groups
+from grpo.rollout import greedy_completions
 
 # The official script's punctuation list, in its order. "……" is a
 # two-character string, so the script's per-character test never matches it
@@ -203,14 +202,9 @@ def generate_answers(
     progress: bool = True,
 ) -> list[str]:
     """Greedy answers, one per question."""
-    model.eval()
-    predictions = []
-    for start in tqdm(range(0, len(questions), batch_size), desc="cmrc", disable=not progress, leave=False):
-        batch = questions[start : start + batch_size]
-        prompts = [cmrc_prompt(tokenizer, question, prompt_format) for question in batch]
-        rollout = sample_groups(model, tokenizer, prompts, group_size=1, max_new_tokens=max_new_tokens, temperature=0.0)
-        predictions += [answer_from_completion(text) for text in decode_completions(tokenizer, rollout)]
-    return predictions
+    prompts = [cmrc_prompt(tokenizer, question, prompt_format) for question in questions]
+    completions = greedy_completions(model, tokenizer, prompts, max_new_tokens, batch_size, progress, desc="cmrc")
+    return [answer_from_completion(text) for text in completions]
 
 
 def score_cmrc(questions: list[CMRCQuestion], predictions: list[str]) -> dict[str, float]:

@@ -24,14 +24,13 @@ Paths are relative to the working directory, like every config of the project.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from eval.cmrc import DEFAULT_MAX_NEW_TOKENS, evaluate_cmrc
 from eval.drift import DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_TOKENS, DriftResult, load_drift_texts, measure_drift
 from eval.multiple_choice import HEADERS, SPLITS, evaluate_multiple_choice
-from grpo.config import check, load_config, option
+from grpo.config import check, load_config, option, read_toml
 from grpo.errors import ConfigError
 
 DEFAULT_SUITE = Path("configs") / "alignment_suite.toml"
@@ -151,12 +150,7 @@ def _probe(name: str, table, path: Path):
 def load_suite(path: str | Path = DEFAULT_SUITE) -> Suite:
     """Read a suite file. A probe whose data is missing stops the run unless it is `optional`."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"suite file '{path}' does not exist")
-    try:
-        tables = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"suite file '{path}' is not valid TOML: {err}") from None
+    tables = read_toml(path, "suite file")
     drift, benchmarks, skipped = {}, {}, {}
     for name, table in tables.items():
         probe = _probe(name, table, path)

@@ -23,6 +23,7 @@ import torch
 from grpo import lora
 
 STATE_FILE = "trainer_state.pt"
+FINAL_LINK = "final"
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -116,3 +117,18 @@ def load_policy_weights(model, checkpoint: Path) -> None:
 
     trained = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
     model.load_state_dict(trained.state_dict())
+
+
+def link_final(run_dir, checkpoint: Path) -> Path:
+    """Point `<run_dir>/final` at `checkpoint`: a stable name for the run's result.
+
+    A relative symlink, replaced atomically, so the run folder can be moved.
+    """
+    run_dir = Path(run_dir)
+    link = run_dir / FINAL_LINK
+    tmp = run_dir / f".{FINAL_LINK}.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(checkpoint, run_dir))
+    os.replace(tmp, link)
+    return link

@@ -70,6 +70,17 @@ def describe(cls) -> str:
     return "\n".join(lines)
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    """The tables of a TOML file; ConfigError if it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path}' does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{what} '{path}' is not valid TOML: {err}") from None
+
+
 def load_config(cls, preset: str | Path | None = None, overrides: list[str] | dict | None = None):
     """Build a `cls` config from defaults, an optional TOML preset and overrides.
 
@@ -94,15 +105,8 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] | di
         values[key] = value
 
     if preset:
-        path = Path(preset)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        try:
-            table = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from None
-        for key, value in table.items():
-            set_value(key, value, str(path))
+        for key, value in read_toml(preset).items():
+            set_value(key, value, str(preset))
 
     if isinstance(overrides, dict):
         for key, value in overrides.items():
@@ -157,6 +161,8 @@ class RunConfig:
 
     model: str = option("smollm2-135m", "builtin name (smollm2-135m, gemma3-270m), model/adapter folder, or hub id")
     dtype: str = option("float32", "weights dtype", ("float32", "bfloat16", "float16"))
+    mixed_precision: str = option("no", "bf16: forward passes under bfloat16 autocast, fp32 weights and optimizer",
+                                  ("no", "bf16"))
     device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...")
     lora_r: int = option(0, "LoRA rank; 0 trains all weights")
     lora_alpha: float = option(16.0, "LoRA alpha (scaling = alpha / r)")
@@ -172,7 +178,7 @@ class RunConfig:
     target_lang: str = option("zh", "language the model must write")
     data_langs: str = option("bo-zh", "languages of the files' source and target fields (mt only)")
     prompt_format: str = option("auto", "auto: chat template when the tokenizer has one", ("auto", "chat", "plain"))
-    limit: int = option(0, "use only the first N training records (0 = all)")
+    limit: int = option(0, "use only N training examples, a fixed random subset drawn with `seed` (0 = all)")
     dev_limit: int = option(32, "dev records evaluated (0 = all)")
     max_prompt_tokens: int = option(0, "leave out examples whose prompt is longer (0 = keep all); the count is printed")
 
@@ -183,6 +189,8 @@ class RunConfig:
     warmup_steps: int = option(0, "optimizer steps of linear warmup before the cosine decay")
     min_lr_ratio: float = option(0.0, "cosine decays to lr * min_lr_ratio")
     max_grad_norm: float = option(1.0, "gradient clipping by global norm (0 = off)")
+    max_skipped_steps: int = option(5, "consecutive non-finite optimizer steps that stop the run")
+    logprob_chunk_tokens: int = option(1024, "tokens per LM-head chunk in log-prob passes")
     max_steps: int = option(100, "training steps")
     eval_every: int = option(10, "evaluate on the dev set every N steps (0 = only at start and end)")
     save_every: int = option(0, "checkpoint every N steps (0 = only at the end)")
@@ -203,6 +211,8 @@ class RunConfig:
         check(self.warmup_steps >= 0, "warmup_steps", "be >= 0", self.warmup_steps)
         check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "be in [0, 1]", self.min_lr_ratio)
         check(self.max_grad_norm >= 0, "max_grad_norm", "be >= 0", self.max_grad_norm)
+        check(self.max_skipped_steps >= 1, "max_skipped_steps", "be >= 1", self.max_skipped_steps)
+        check(self.logprob_chunk_tokens >= 1, "logprob_chunk_tokens", "be >= 1", self.logprob_chunk_tokens)
         check(self.max_steps >= 1, "max_steps", "be >= 1", self.max_steps)
         check(self.eval_every >= 0, "eval_every", "be >= 0", self.eval_every)
         check(self.save_every >= 0, "save_every", "be >= 0", self.save_every)
@@ -230,6 +240,7 @@ class GRPOConfig(RunConfig):
     temperature: float = option(0.8, "sampling temperature (also divides the logits of every log-prob pass)")
     top_p: float = option(0.9, "nucleus sampling mass, in (0, 1]")
     top_k: int = option(0, "top-k sampling (0 = off)")
+    ignore_eos: bool = option(False, "sample past EOS so every completion has max_new_tokens tokens (benchmarks)")
 
     reward_weights: dict = option({"semantic": 1.5, "language": 1.0},
                                   "reward terms and weights: semantic, language, bleu, chrf, length, custom")
@@ -258,10 +269,9 @@ class GRPOConfig(RunConfig):
     minibatches: int = option(1, "optimizer steps per inner epoch (the batch is split into this many)")
     micro_batch_size: int = option(0, "rows per forward/backward (gradient accumulation); 0 = whole minibatch")
     share_prompt_pass: bool = option(True, "run each group's prompt through the model once in log-prob passes")
-    logprob_chunk_tokens: int = option(1024, "tokens per LM-head chunk in log-prob passes")
     max_reward_failures: float = option(0.25, "share of a step's samples whose reward may fail (NaN or raise) "
                                               "before the run stops; failed samples get advantage 0")
-    max_skipped_steps: int = option(5, "consecutive non-finite optimizer steps that stop the run")
+
     eval_max_new_tokens: int = option(48, "completion cap for dev evaluation (greedy)")
 
     def validate(self) -> None:
@@ -290,10 +300,9 @@ class GRPOConfig(RunConfig):
         check(self.minibatches >= 1 and self.prompts_per_step % self.minibatches == 0, "minibatches",
               f"divide prompts_per_step = {self.prompts_per_step} (minibatches hold whole groups)", self.minibatches)
         check(self.micro_batch_size >= 0, "micro_batch_size", "be >= 0", self.micro_batch_size)
-        check(self.logprob_chunk_tokens >= 1, "logprob_chunk_tokens", "be >= 1", self.logprob_chunk_tokens)
         check(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", "be >= 1", self.eval_max_new_tokens)
         check(0 <= self.max_reward_failures <= 1, "max_reward_failures", "be in [0, 1]", self.max_reward_failures)
-        check(self.max_skipped_steps >= 1, "max_skipped_steps", "be >= 1", self.max_skipped_steps)
+
         if self.micro_batch_size:
             check((rows // self.minibatches) % self.micro_batch_size == 0, "micro_batch_size",
                   f"divide the minibatch size {rows // self.minibatches}", self.micro_batch_size)

@@ -103,13 +103,11 @@ def make_examples(
     target_lang: str = "zh",
     data_langs: str = "bo-zh",
     prompt_format: str = "auto",
-    limit: int = 0,
 ) -> list[dict]:
     """Turn records into examples: {"id", "prompt", "source", "target", "target_lang"}.
 
     For "mt", `data_langs` names the languages of the file's source and target
     fields; a direction that reverses them swaps the fields.
-    `limit` > 0 keeps the first `limit` records (few-shot experiments).
     """
     if task not in TASKS:
         raise DataError(f"task must be one of {TASKS}, got '{task}'")
@@ -128,7 +126,7 @@ def make_examples(
         "target_name": LANGUAGE_NAMES.get(target_lang, target_lang),
     }
     examples = []
-    for record in records[:limit] if limit > 0 else records:
+    for record in records:
         source, target = (record["target"], record["source"]) if swap else (record["source"], record["target"])
         instruction = INSTRUCTIONS[task].format(**names)
         chat_instruction = f"{instruction}\n\n{source}"

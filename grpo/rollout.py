@@ -173,3 +173,17 @@ def sample_groups(
 def decode_completions(tokenizer, rollout: Rollout) -> list[str]:
     """Completion texts without special tokens (what rewards and humans read)."""
     return tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+
+
+def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+                       progress: bool = False, desc: str = "generate") -> list[str]:
+    """The model's greedy completion of each prompt, decoded, in batches (evaluation)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    outputs = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+        rollout = sample_groups(model, tokenizer, prompts[start : start + batch_size], group_size=1,
+                                max_new_tokens=max_new_tokens, temperature=0.0)
+        outputs += decode_completions(tokenizer, rollout)
+    return outputs

@@ -33,7 +33,7 @@ import numpy as np
 from grpo.config import GRPOConfig, load_config, save_config
 from grpo.errors import DataError, UserError
 from grpo.models import load_model
-from grpo.rollout import decode_completions, sample_groups
+from grpo.rollout import greedy_completions
 from grpo.trainer import load_task_examples
 
 DEFAULT_PERCENTILE = 10.0
@@ -65,17 +65,6 @@ def percentile_tau(cosines: np.ndarray, percentile: float) -> float:
     return tau
 
 
-def greedy_outputs(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """The model's greedy completion of each prompt, decoded without special tokens."""
-    model.eval()
-    outputs = []
-    for start in range(0, len(prompts), batch_size):
-        rollout = sample_groups(model, tokenizer, prompts[start : start + batch_size], group_size=1,
-                                max_new_tokens=max_new_tokens, temperature=0.0)
-        outputs += decode_completions(tokenizer, rollout)
-    return outputs
-
-
 def dev_cosines(outputs: list[str], examples: list[dict], cfg: GRPOConfig) -> np.ndarray:
     """The reward encoder's raw cosine between each output and its target, [n].
 
@@ -96,7 +85,7 @@ def derive_tau(checkpoint: str, cfg: GRPOConfig, percentile: float) -> tuple[flo
     _, dev_examples = load_task_examples(cfg, tokenizer)
     if not dev_examples:
         raise DataError(f"deriving tau needs a dev split: '{cfg.data}' has no dev.jsonl")
-    outputs = greedy_outputs(model, tokenizer, [e["prompt"] for e in dev_examples], cfg.eval_max_new_tokens)
+    outputs = greedy_completions(model, tokenizer, [e["prompt"] for e in dev_examples], cfg.eval_max_new_tokens)
     cosines = dev_cosines(outputs, dev_examples, cfg)
     return percentile_tau(cosines, percentile), cosines, outputs
 

@@ -19,10 +19,10 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
     return preset, argv[1:] if preset else argv
 
 
-def main(argv: list[str] | None = None, config_class=GRPOConfig, run=None) -> int:
+def main(argv: list[str] | None = None, config_class=GRPOConfig, run=None, usage: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
+        print(usage or __doc__)
         print(describe(config_class))
         return 0
     try:

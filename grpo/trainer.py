@@ -35,7 +35,7 @@ from grpo.logprobs import completion_logprobs
 from grpo.loss import Normaliser, grpo_loss, masked_mean
 from grpo.metrics import MetricsLogger
 from grpo.models import load_model
-from grpo.rollout import Rollout, decode_completions, sample_groups
+from grpo.rollout import Rollout, decode_completions, greedy_completions, sample_groups
 
 
 # --------------------------------------------------------------------------
@@ -55,6 +55,12 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: 
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(cfg):
+    """bfloat16 autocast for forward passes when mixed_precision = "bf16" (weights stay fp32)."""
+    return torch.autocast(device_type=cfg.device.split(":")[0], dtype=torch.bfloat16,
+                          enabled=cfg.mixed_precision == "bf16")
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
@@ -151,7 +157,11 @@ def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
             examples = kept
         if not examples:
             raise DataError(f"{path}: no examples left (max_prompt_tokens={cfg.max_prompt_tokens})")
-        return examples[:limit] if limit > 0 else examples
+        if 0 < limit < len(examples):
+            # A seeded random subset: files are often sorted (by id, by source), so the first N would be biased.
+            keep = sorted(np.random.default_rng(cfg.seed).choice(len(examples), size=limit, replace=False))
+            examples = [examples[i] for i in keep]
+        return examples
 
     train = load(train_file, cfg.limit)
     dev_file = split_path(cfg.data, "dev")
@@ -202,17 +212,18 @@ def rollout_logprobs(model, rollout: Rollout, cfg: GRPOConfig, rows=None, with_e
     group's shared prompt runs through the model once.
     """
     rows = torch.arange(rollout.completion_ids.shape[0]) if rows is None else rows
-    return completion_logprobs(
-        model,
-        rollout.prompt_ids[rows],
-        rollout.prompt_mask[rows],
-        rollout.completion_ids[rows],
-        rollout.completion_mask[rows],
-        temperature=cfg.temperature,
-        chunk_tokens=cfg.logprob_chunk_tokens,
-        with_entropy=with_entropy,
-        group_size=cfg.group_size if cfg.share_prompt_pass else 1,
-    )
+    with autocast(cfg):
+        return completion_logprobs(
+            model,
+            rollout.prompt_ids[rows],
+            rollout.prompt_mask[rows],
+            rollout.completion_ids[rows],
+            rollout.completion_mask[rows],
+            temperature=cfg.temperature,
+            chunk_tokens=cfg.logprob_chunk_tokens,
+            with_entropy=with_entropy,
+            group_size=cfg.group_size if cfg.share_prompt_pass else 1,
+        )
 
 
 def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, old_logprobs, ref_logprobs, cfg,
@@ -302,13 +313,9 @@ def evaluate(model, tokenizer, reward_fn, examples, cfg, run_dir: Path, step: in
     """Greedy outputs on dev examples, their rewards, and the outputs saved to eval/step-N.jsonl."""
     import json
 
-    model.eval()
-    completions = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        rollout = sample_groups(model, tokenizer, [e["prompt"] for e in chunk], group_size=1,
-                                max_new_tokens=cfg.eval_max_new_tokens, temperature=0.0)
-        completions += decode_completions(tokenizer, rollout)
+    with autocast(cfg):
+        completions = greedy_completions(model, tokenizer, [e["prompt"] for e in examples], cfg.eval_max_new_tokens,
+                                         batch_size)
     values, components, errors = score_with_fallback(reward_fn, [e["prompt"] for e in examples], completions, examples)
     check_reward_failures(errors, completions, examples, cfg.max_reward_failures)
     out_dir = run_dir / "eval"
@@ -330,10 +337,10 @@ RESUME_KEYS = ("model", "lora_r", "task", "data", "source_lang", "target_lang", 
                "reward_weights", "encoder", "encoder_pooling", "tau", "custom_reward")
 
 
-def check_resume_matches(cfg: GRPOConfig, saved_config: dict, checkpoint: Path) -> None:
+def check_resume_matches(cfg, saved_config: dict, checkpoint: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None:
     """Refuse to continue a checkpoint under a config that changes what it was trained on."""
     changed = [f"{key}: checkpoint {saved_config.get(key)!r}, now {getattr(cfg, key)!r}"
-               for key in RESUME_KEYS if saved_config.get(key) != getattr(cfg, key)]
+               for key in keys if saved_config.get(key) != getattr(cfg, key)]
     if changed:
         raise ConfigError(f"cannot resume from {checkpoint}: the config differs in\n  " + "\n  ".join(changed)
                           + "\nUse the run's own config.toml, or start a new run.")
@@ -409,10 +416,11 @@ def train(cfg: GRPOConfig) -> Path:
         examples = [e for e in batch_examples for _ in range(cfg.group_size)]
 
         # 2. Rollouts: G completions per prompt.
-        with timer("generate"):
+        with timer("generate"), autocast(cfg):
             model.eval()
             rollout = sample_groups(model, tokenizer, [e["prompt"] for e in batch_examples], cfg.group_size,
-                                    cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator)
+                                    cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator,
+                                    ignore_eos=cfg.ignore_eos)
             completions = decode_completions(tokenizer, rollout)
 
         # 3. Rewards; a sample whose reward fails is marked NaN, too many stop the run.
@@ -478,6 +486,9 @@ def train(cfg: GRPOConfig) -> Path:
             "epoch": sampler.epoch + sampler.index / len(train_examples),
             **timer.seconds(),
             "tokens_per_second": float(lengths.sum()) * world_size / max(timer.total(), 1e-9),
+            # tokens one policy forward pass reads: each group's prompt once (shared pass) or G times
+            "tokens/prompt": float(rollout.prompt_mask.sum()) / (cfg.group_size if cfg.share_prompt_pass else 1),
+            "tokens/completion": float(lengths.sum()),
         }
         logger.log(step, metrics)
 
@@ -493,7 +504,8 @@ def train(cfg: GRPOConfig) -> Path:
 
     logger.close()
     if dist.is_main():
-        print(f"done: {run_dir}  (final checkpoint: {ckpt.latest_checkpoint(run_dir)})")
+        final = ckpt.link_final(run_dir, ckpt.latest_checkpoint(run_dir))
+        print(f"done: {run_dir}  (final checkpoint: {final} -> {final.resolve().name})")
     return run_dir
 
 

@@ -7,7 +7,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-torch.set_num_threads(2)
+# One thread: tiny-model ops gain nothing from two, and subprocess tests run beside this process.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,9 @@ def test_suite_file_builds_typed_probes(tmp_path):
 
 
 def test_default_suite_parses():
-    tables = load_suite.__globals__["tomllib"].loads((REPO_ROOT / "configs" / "alignment_suite.toml").read_text())
+    from grpo.config import read_toml
+
+    tables = read_toml(REPO_ROOT / "configs" / "alignment_suite.toml")
     assert {name: table["kind"] for name, table in tables.items()} == {
         "drift": "drift", "mmlu": "multiple_choice", "cmrc": "cmrc"}
     assert tables["cmrc"]["optional"] is True

@@ -72,10 +72,6 @@ def test_direction_must_match_the_data():
         make_examples(RECORDS, PlainTokenizer(), source_lang="en", target_lang="zh")
 
 
-def test_limit_keeps_the_first_records():
-    assert [e["id"] for e in make_examples(RECORDS, PlainTokenizer(), limit=1)] == ["a"]
-
-
 def test_chat_template_is_used_when_present(tiny):
     _, tokenizer = tiny
     example = make_examples(RECORDS, tokenizer)[0]

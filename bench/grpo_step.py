@@ -1,0 +1,124 @@
+"""Time our GRPO step: `python -m bench.grpo_step [key=value ...]`.
+
+Runs the real trainer (`grpo.trainer.train`) for a fixed number of steps on
+the MT prompts with fixed-length completions, then reports from its metrics:
+the median seconds per step and per phase, completion tokens/s, the peak
+resident memory of the process, and the update phase's achieved FLOP/s as a
+fraction of a matmul peak measured in the same process.
+
+    python -m bench.grpo_step                      # SmolLM2-135M, P=2, G=8, T=32, beta=0.04, mu=1, fp32
+    python -m bench.grpo_step dtype=bfloat16 steps=6
+    python -m bench.grpo_step model=gemma3-270m max_new_tokens=64
+
+Options are GRPOConfig keys plus `steps` (default 5) and `warmup` (steps
+left out of the medians, default 1). Prints one JSON object last.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+BENCH_DEFAULTS = {
+    "model": "smollm2-135m",
+    "data": "data/mt/train.jsonl",  # no dev split: no evaluation inside the timed run
+    "prompts_per_step": 2,
+    "group_size": 8,
+    "max_new_tokens": 32,
+    "beta": 0.04,
+    "mu": 1,
+    "lr": 1e-6,
+    "loss_aggregation": "token",
+    "scale_rewards": "group",
+    "reward_weights": {"semantic": 1.0},
+    "ignore_eos": True,
+    "max_prompt_tokens": 128,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "threads": 2,
+}
+
+
+def peak_rss_gb() -> float:
+    """Peak resident set size of this process in GB (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def matmul_peak_flops(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 10) -> float:
+    """Best achieved FLOP/s of a square matmul (2 n^3 flops) on this machine, now."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def count_parameters(model_name: str) -> int:
+    from grpo.models import load_model
+
+    model, _ = load_model(model_name)
+    return sum(p.numel() for p in model.parameters())
+
+
+def run(overrides: dict) -> dict:
+    """Train for `steps` steps and summarise the timings of the steps after `warmup`."""
+    from grpo.config import GRPOConfig, load_config
+    from grpo.metrics import read_metrics
+    from grpo.trainer import train
+
+    steps = int(overrides.pop("steps", 5))
+    warmup = int(overrides.pop("warmup", 1))
+    settings = {**BENCH_DEFAULTS, **overrides, "max_steps": steps, "eval_every": 0, "save_every": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        settings.update(out_dir=str(Path(tmp) / "run"), overwrite=True)
+        cfg = load_config(GRPOConfig, overrides=settings)
+        train(cfg)
+        rows = [r for r in read_metrics(Path(tmp) / "run" / "metrics.jsonl") if "time/step" in r][warmup:]
+    peak = peak_rss_gb()
+
+    def median(key: str) -> float:
+        return statistics.median(r.get(key, 0.0) for r in rows)
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype, torch.float32)
+    params = count_parameters(cfg.model)
+    # fwd + bwd ~ 6 * params * tokens read by the update's policy pass
+    update_flops = 6 * params * (median("tokens/prompt") + median("tokens/completion")) * cfg.mu
+    update_seconds = median("time/update")
+    peak_flops = matmul_peak_flops(dtype)
+    return {
+        "implementation": "ours",
+        "model": cfg.model, "P": cfg.prompts_per_step, "G": cfg.group_size, "T": cfg.max_new_tokens,
+        "beta": cfg.beta, "mu": cfg.mu, "dtype": cfg.dtype, "steps_timed": len(rows),
+        "seconds_per_step": median("time/step"),
+        "seconds_generate": median("time/generate"),
+        "seconds_reward": median("time/reward"),
+        "seconds_logprob": median("time/logprob"),
+        "seconds_update": update_seconds,
+        "completion_tokens_per_second": median("tokens_per_second"),
+        "peak_rss_gb": peak,
+        "update_flops_per_second": update_flops / max(update_seconds, 1e-9),
+        "matmul_peak_flops_per_second": peak_flops,
+        "update_fraction_of_matmul_peak": update_flops / max(update_seconds, 1e-9) / peak_flops,
+    }
+
+
+def main(argv: list[str]) -> None:
+    from grpo.config import parse_value
+
+    overrides = dict(arg.split("=", 1) for arg in argv)
+    result = run({key: parse_value(value) for key, value in overrides.items()})
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,154 @@
+"""Our GRPO step against TRL's GRPOTrainer at identical settings: `python -m bench.vs_trl`.
+
+Identical settings: the same model, P prompts x G completions per optimizer
+step, T new tokens forced on both sides (we sample past EOS, TRL gets
+min_new_tokens = T), beta, mu, dtype, learning rate, token-level loss
+aggregation (TRL's "dapo"), group reward scaling, temperature 1, top-p 1,
+and one reward: the USE embedding cosine to the reference, computed by the
+same code. Each implementation runs in its own process (peak memory is per
+process), alternating ours, TRL, ours, TRL... and the ratio of the medians
+is printed:
+
+    python -m bench.vs_trl                       # fp32, 2 rounds
+    python -m bench.vs_trl --dtype bfloat16 --rounds 3
+    python -m bench.vs_trl --impl trl steps=4    # one side only, prints its JSON
+
+Known differences kept as they are (see docs/PERFORMANCE.md): TRL multiplies
+the k3 KL by the importance ratio (use_bias_correction_kl) and computes
+entropy over prompt positions too; neither changes the amount of work much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.grpo_step import BENCH_DEFAULTS, peak_rss_gb
+
+
+def trl_settings(overrides: dict) -> dict:
+    return {**BENCH_DEFAULTS, "steps": 5, "warmup": 1, **overrides}
+
+
+def run_trl(overrides: dict) -> dict:
+    """Train TRL's GRPOTrainer for `steps` steps and time each optimizer step."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig as TRLConfig
+    from trl import GRPOTrainer
+
+    from grpo.config import GRPOConfig, load_config
+    from grpo.models import load_model
+    from grpo.trainer import load_task_examples
+    from rewards.embedding import EmbeddingCosineReward, USEEncoder
+
+    settings = trl_settings(overrides)
+    steps, warmup = int(settings.pop("steps")), int(settings.pop("warmup"))
+    torch.set_num_threads(int(settings["threads"]))
+    cfg = load_config(GRPOConfig, overrides=settings)
+    model, tokenizer = load_model(cfg.model, "float32")
+    train_examples, _ = load_task_examples(cfg, tokenizer)
+    dataset = Dataset.from_list([{"prompt": e["prompt"], "target": e["target"]} for e in train_examples])
+    semantic = EmbeddingCosineReward(USEEncoder())
+
+    def use_cosine(prompts, completions, target, **_):
+        return semantic.__call__(prompts, completions, [{"target": t} for t in target]).values.tolist()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.durations = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.durations.append(time.perf_counter() - self.start)
+
+    timer = StepTimer()
+    batch = cfg.prompts_per_step * cfg.group_size
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TRLConfig(
+            output_dir=tmp, report_to="none", use_cpu=True, seed=cfg.seed, max_steps=steps, logging_steps=1,
+            save_strategy="no", learning_rate=cfg.lr, per_device_train_batch_size=batch,
+            generation_batch_size=batch, num_generations=cfg.group_size, max_completion_length=cfg.max_new_tokens,
+            generation_kwargs={"min_new_tokens": cfg.max_new_tokens}, temperature=cfg.temperature,
+            top_p=cfg.top_p, top_k=0, beta=cfg.beta, num_iterations=cfg.mu, epsilon=cfg.eps_low,
+            epsilon_high=cfg.eps_high, loss_type="dapo", scale_rewards=cfg.scale_rewards,
+            bf16=cfg.dtype == "bfloat16", fp16=False, gradient_checkpointing=False, max_grad_norm=cfg.max_grad_norm,
+            dataloader_num_workers=0,
+        )
+        trainer = GRPOTrainer(model=model, reward_funcs=use_cosine, args=args, train_dataset=dataset,
+                              processing_class=tokenizer, callbacks=[timer])
+        trainer.train()
+    timed = timer.durations[warmup:]
+    seconds = statistics.median(timed)
+    return {
+        "implementation": "trl", "model": cfg.model, "P": cfg.prompts_per_step, "G": cfg.group_size,
+        "T": cfg.max_new_tokens, "beta": cfg.beta, "mu": cfg.mu, "dtype": cfg.dtype, "steps_timed": len(timed),
+        "seconds_per_step": seconds,
+        "completion_tokens_per_second": batch * cfg.max_new_tokens / seconds,
+        "peak_rss_gb": peak_rss_gb(),
+    }
+
+
+def run_one(impl: str, overrides: list[str]) -> dict:
+    """Run one implementation in a fresh process and return its JSON result."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "bench.vs_trl", "--impl", impl, *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"{impl} run failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impl", choices=("ours", "trl"), help="run one side only in this process")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating (ours, TRL) pairs")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--out", help="also write the results as JSON here")
+    args, rest = parser.parse_known_args()
+    from grpo.config import parse_value
+
+    overrides = [*rest, f"dtype={args.dtype}"] if not any(r.startswith("dtype=") for r in rest) else rest
+    if args.impl:
+        values = {k: parse_value(v) for k, v in (item.split("=", 1) for item in overrides)}
+        if args.impl == "ours":
+            from bench.grpo_step import run
+
+            print(json.dumps(run(values)))
+        else:
+            print(json.dumps(run_trl(values)))
+        return
+
+    results = {"ours": [], "trl": []}
+    for round_index in range(args.rounds):
+        for impl in ("ours", "trl"):
+            result = run_one(impl, overrides)
+            results[impl].append(result)
+            print(f"round {round_index + 1} {impl:>4}: {result['seconds_per_step']:.2f} s/step, "
+                  f"peak RSS {result['peak_rss_gb']:.2f} GB", flush=True)
+    ours_seconds = statistics.median(r["seconds_per_step"] for r in results["ours"])
+    trl_seconds = statistics.median(r["seconds_per_step"] for r in results["trl"])
+    ours_memory = statistics.median(r["peak_rss_gb"] for r in results["ours"])
+    trl_memory = statistics.median(r["peak_rss_gb"] for r in results["trl"])
+    summary = {"dtype": args.dtype, "overrides": overrides, "ours_seconds_per_step": ours_seconds,
+               "trl_seconds_per_step": trl_seconds, "time_ratio_trl_over_ours": trl_seconds / ours_seconds,
+               "ours_peak_rss_gb": ours_memory, "trl_peak_rss_gb": trl_memory,
+               "memory_ratio_ours_over_trl": ours_memory / trl_memory, "runs": results}
+    print(f"time per step: TRL {trl_seconds:.2f} s / ours {ours_seconds:.2f} s = {trl_seconds / ours_seconds:.2f}x")
+    print(f"peak memory:   ours {ours_memory:.2f} GB / TRL {trl_memory:.2f} GB = {ours_memory / trl_memory:.2f}x")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
