@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
 
+    # arm -> (model name or run folder, the task it was trained on; "" for the base)
     arms: dict[str, tuple[str, str]] = {"base": ("smollm2-135m", "")}
     for task in args.tasks:
         configs = TASKS[task]
@@ -104,14 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         run_stage(f"grpo-{task}", grpo / "final", [PYTHON, "-m", "grpo.train", str(cold / "grpo.toml"),
                                                    f"out_dir={grpo}", "overwrite=true", *GRPO_ARGS],
                   out / "logs", timings)
-        arms[f"sft-{task}"] = (str(sft / "final"), task)
-        arms[f"grpo-{task}"] = (str(grpo / "final"), task)
+        arms[f"sft-{task}"] = (str(sft), task)
+        arms[f"grpo-{task}"] = (str(grpo), task)
         if task == "mt":
             bleu = out / "grpo-bleu-mt"
             run_stage("grpo-bleu-mt", bleu / "final", [PYTHON, "-m", "grpo.train", str(cold / "grpo.toml"),
                                                        f"out_dir={bleu}", "overwrite=true", BLEU_REWARD, *GRPO_ARGS],
                       out / "logs", timings)
-            arms["grpo-bleu-mt"] = (str(bleu / "final"), "mt")
+            arms["grpo-bleu-mt"] = (str(bleu), "mt")
         timings_file.write_text(json.dumps(timings, indent=2))
 
     metrics_file = out / "test_metrics.json"
@@ -123,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[run]  test metrics {key}", flush=True)
             start = time.time()
-            test_results[key] = test_metrics(model, task, out / f"test_outputs_{arm}_{task}.jsonl", args.test_limit)
+            checkpoint = model if arm == "base" else str(Path(model) / "final")
+            test_results[key] = test_metrics(checkpoint, task, out / f"test_outputs_{arm}_{task}.jsonl",
+                                             args.test_limit)
             timings[f"test-{key}"] = round(time.time() - start, 1)
             metrics_file.write_text(json.dumps(test_results, indent=2))
             timings_file.write_text(json.dumps(timings, indent=2))

@@ -29,6 +29,13 @@ def init(device: str = "cpu") -> tuple[int, int]:
     return rank(), world_size
 
 
+def local_device(device: str) -> str:
+    """`cuda` means this process's own GPU under torchrun (cuda:LOCAL_RANK)."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from contextlib import contextmanager
 import math
 import shutil
@@ -351,6 +352,8 @@ def train(cfg: GRPOConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world_size = dist.init(cfg.device)
+    if dist.local_device(cfg.device) != cfg.device:
+        cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     run_dir, resume_from = prepare_run_dir(cfg) if dist.is_main() else (Path(cfg.out_dir), None)
