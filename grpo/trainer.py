@@ -30,7 +30,7 @@ from grpo import lora
 from grpo.advantages import group_advantages
 from grpo.config import GRPOConfig, save_config, to_dict
 from grpo.data import make_examples, read_jsonl, split_path
-from grpo.errors import ConfigError, DataError, UserError
+from grpo.errors import ConfigError, DataError
 from grpo.guards import NonFiniteGuard, TooManySkippedSteps, check_reward_failures, score_with_fallback
 from grpo.logprobs import completion_logprobs
 from grpo.loss import Normaliser, grpo_loss, masked_mean

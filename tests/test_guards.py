@@ -97,7 +97,6 @@ def test_guard_counts_consecutive_skips_and_stops():
 def test_non_finite_steps_are_skipped_then_stop_the_run_with_a_checkpoint(tmp_path, monkeypatch):
     from grpo import trainer
     from grpo.config import GRPOConfig, load_config
-    from test_trainer import LowHalfShare
 
     monkeypatch.chdir(ROOT)
     real_loss = trainer.grpo_loss

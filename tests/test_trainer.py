@@ -1,6 +1,5 @@
 """Integration: the whole GRPO loop on the tiny random Llama."""
 
-import json
 
 import numpy as np
 import pytest
@@ -117,8 +116,7 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 
 
 def test_micro_batches_give_the_same_update_as_one_batch(tiny, tmp_path):
-    # policy_update with micro-batches of 2 rows vs the whole minibatch at once
-    from grpo.loss import Normaliser  # noqa: F401  (the normaliser is what makes this hold)
+    # policy_update with micro-batches vs the whole minibatch at once
     from grpo.models import load_model
     from grpo.rollout import sample_groups
 
