@@ -98,7 +98,8 @@ def run(overrides: dict) -> dict:
     return {
         "implementation": "ours",
         "model": cfg.model, "P": cfg.prompts_per_step, "G": cfg.group_size, "T": cfg.max_new_tokens,
-        "beta": cfg.beta, "mu": cfg.mu, "dtype": cfg.dtype, "steps_timed": len(rows),
+        "beta": cfg.beta, "mu": cfg.mu, "dtype": cfg.dtype, "mixed_precision": cfg.mixed_precision,
+        "steps_timed": len(rows),
         "seconds_per_step": median("time/step"),
         "seconds_generate": median("time/generate"),
         "seconds_reward": median("time/reward"),

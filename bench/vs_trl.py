@@ -81,7 +81,7 @@ def run_trl(overrides: dict) -> dict:
             generation_kwargs={"min_new_tokens": cfg.max_new_tokens}, temperature=cfg.temperature,
             top_p=cfg.top_p, top_k=0, beta=cfg.beta, num_iterations=cfg.mu, epsilon=cfg.eps_low,
             epsilon_high=cfg.eps_high, loss_type="dapo", scale_rewards=cfg.scale_rewards,
-            bf16=cfg.dtype == "bfloat16", fp16=False, gradient_checkpointing=False, max_grad_norm=cfg.max_grad_norm,
+            bf16=cfg.mixed_precision == "bf16", fp16=False, gradient_checkpointing=False, max_grad_norm=cfg.max_grad_norm,
             dataloader_num_workers=0,
         )
         trainer = GRPOTrainer(model=model, reward_funcs=use_cosine, args=args, train_dataset=dataset,
@@ -112,12 +112,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impl", choices=("ours", "trl"), help="run one side only in this process")
     parser.add_argument("--rounds", type=int, default=2, help="alternating (ours, TRL) pairs")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="bfloat16: autocast with fp32 weights on both sides")
     parser.add_argument("--out", help="also write the results as JSON here")
     args, rest = parser.parse_known_args()
     from grpo.config import parse_value
 
-    overrides = [*rest, f"dtype={args.dtype}"] if not any(r.startswith("dtype=") for r in rest) else rest
+    # bf16 on both sides means autocast over fp32 weights and fp32 optimizer state (TRL's bf16=True).
+    overrides = [*rest, "mixed_precision=bf16"] if args.dtype == "bfloat16" else rest
     if args.impl:
         values = {k: parse_value(v) for k, v in (item.split("=", 1) for item in overrides)}
         if args.impl == "ours":
