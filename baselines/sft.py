@@ -42,10 +42,10 @@ from grpo.models import load_model
 from grpo.trainer import (
     PromptSampler,
     check_resume_matches,
+    clip_and_step,
     load_task_examples,
     make_optimizer,
     prepare_run_dir,
-    trainable_parameters,
     warmup_cosine,
 )
 
@@ -198,27 +198,6 @@ def accumulate_gradients(model, batch: list[TokenizedExample], cfg: SFTConfig, p
         loss.backward()
         loss_value += loss.item()
     return loss_value
-
-
-def clip_and_step(model, optimizer, scheduler, loss_value: float, max_grad_norm: float,
-                  guard: NonFiniteGuard) -> tuple[float, bool]:
-    """Clip the gradient's global norm, then step; a non-finite step is skipped and counted by `guard`.
-
-    A NaN or inf would poison AdamW's moments for good, so such a step only
-    advances the schedule; too many in a row raise TooManySkippedSteps.
-    Returns (grad norm before clipping, skipped).
-    """
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(
-        trainable_parameters(model), max_grad_norm if max_grad_norm > 0 else float("inf")
-    ))
-    skipped = not guard.is_finite(loss_value, grad_norm)
-    if skipped:
-        optimizer.zero_grad(set_to_none=True)
-    else:
-        optimizer.step()
-    scheduler.step()
-    guard.record(skipped)
-    return grad_norm, skipped
 
 
 # --------------------------------------------------------------------------

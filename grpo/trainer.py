@@ -68,6 +68,27 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def clip_and_step(model, optimizer, scheduler, loss_value: float, max_grad_norm: float,
+                  guard: NonFiniteGuard) -> tuple[float, bool]:
+    """Clip the gradient's global norm, then step; a non-finite step is skipped and counted by `guard`.
+
+    A NaN or inf would poison AdamW's moments for good, so such a step only
+    advances the schedule; too many in a row raise TooManySkippedSteps.
+    Returns (grad norm before clipping, skipped).
+    """
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(
+        trainable_parameters(model), max_grad_norm if max_grad_norm > 0 else float("inf")
+    ))
+    skipped = not guard.is_finite(loss_value, grad_norm)
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    scheduler.step()
+    guard.record(skipped)
+    return grad_norm, skipped
+
+
 def make_optimizer(model, cfg):
     return torch.optim.AdamW(
         trainable_parameters(model), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
@@ -281,21 +302,12 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
                     step_stats[key] = step_stats.get(key, 0.0) + share * float(value)
             dist.all_reduce_gradients(parameters)
             step_loss = dist.all_reduce_sum(step_loss)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                parameters, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            ))
-            skipped = not guard.is_finite(step_loss, grad_norm)
-            if skipped:
-                optimizer.zero_grad(set_to_none=True)
-                stats["skipped"] += 1
-            else:
-                optimizer.step()
-            scheduler.step()
+            grad_norm, skipped = clip_and_step(model, optimizer, scheduler, step_loss, cfg.max_grad_norm, guard)
+            stats["skipped"] += int(skipped)
             stats["loss"].append(step_loss)
             stats["grad_norm"].append(grad_norm)
             for key, value in step_stats.items():
                 stats[key].append(value)
-            guard.record(skipped)
     return stats
 
 
