@@ -9,26 +9,17 @@ sentence and a two-character fragment. No test needs snownlp installed.
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from data_scripts import load_data_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = REPO_ROOT / "data" / "hg_fixture" / "199801_excerpt.txt"
 
 
-def load_build_hg():
-    """Imports data/build_hg.py, a script that lives outside any package."""
-    spec = importlib.util.spec_from_file_location("build_hg", REPO_ROOT / "data" / "build_hg.py")
-    module = importlib.util.module_from_spec(spec)
-    # Dataclasses look their module up in sys.modules while being created.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-build_hg = load_build_hg()
+build_hg = load_data_script("build_hg")
 
 # Read off the fixture by hand: the title line before each kept dateline
 # paragraph, and that paragraph without tags, dateline and reporter credit.

@@ -6,12 +6,12 @@ preamble's first and fourth recitals and its closing proclamation, and
 articles 3 and 11. None of the tests needs npm or the network.
 """
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from data_scripts import load_data_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MT_DIR = REPO_ROOT / "data" / "mt"
@@ -19,17 +19,7 @@ SPLIT_NAMES = ("train", "dev", "test")
 RECORD_FIELDS = {"id", "source", "target", "english", "kind"}
 
 
-def load_build_mt():
-    """Imports data/build_mt.py, a script that lives outside any package."""
-    spec = importlib.util.spec_from_file_location("build_mt", REPO_ROOT / "data" / "build_mt.py")
-    module = importlib.util.module_from_spec(spec)
-    # Dataclasses look their module up in sys.modules while being created.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-build_mt = load_build_mt()
+build_mt = load_data_script("build_mt")
 
 # The excerpts keep two of the seven recitals and two of the thirty articles.
 EXCERPT_LAYOUT = build_mt.DeclarationLayout(preamble_recital_count=2, article_numbers=(3, 11))

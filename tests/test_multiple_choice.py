@@ -1,9 +1,7 @@
 """Multiple-choice CSV layouts of MMLU, C-Eval and CMMLU, the prompt, the letter scoring, and the
 MMLU questions extracted from lm-eval's Flan CoT prompts by data/build_general.py."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,17 +21,10 @@ from eval.multiple_choice import (
 )
 from grpo.errors import DataError
 
+from data_scripts import load_data_script
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
-
-
-def load_build_general():
-    """Imports data/build_general.py, a script that lives outside any package."""
-    spec = importlib.util.spec_from_file_location("build_general", REPO_ROOT / "data" / "build_general.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being created
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_layouts_of_the_three_benchmarks():
@@ -145,7 +136,7 @@ def test_k_shot_needs_dev_questions_of_each_subject(tiny, tmp_path):
 
 
 def test_flan_cot_prompts_become_mmlu_questions(tmp_path):
-    build_general = load_build_general()
+    build_general = load_data_script("build_general")
     prompts = json.loads((FIXTURES / "mmlu_cot_prompts_excerpt.json").read_text(encoding="utf-8"))
     questions, left_out = build_general.parse_cot_prompts(prompts)
     assert [(q.subject, q.answer) for q in questions] == [("astronomy", "B"), ("astronomy", "C"),
