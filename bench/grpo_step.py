@@ -51,14 +51,31 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def matmul_peak_flops(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 10) -> float:
-    """Best achieved FLOP/s of a square matmul (2 n^3 flops) on this machine, now."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def peak_gpu_gb() -> float | None:
+    """Peak GPU memory held by torch's allocator in this process, in GB (None without a GPU)."""
+    return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
+
+
+def matmul_peak_flops(dtype: torch.dtype = torch.float32, device: str = "cpu", repeats: int = 10) -> float:
+    """Best achieved FLOP/s of a square matmul (2 n^3 flops) on this device, now.
+
+    n = 1024 on a CPU, 8192 on a GPU (a small product would not fill it).
+    """
+    size = 8192 if device.startswith("cuda") else 1024
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+
+    def synchronize():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         a @ b
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 
@@ -84,17 +101,19 @@ def run(overrides: dict) -> dict:
         cfg = load_config(GRPOConfig, overrides=settings)
         train(cfg)
         rows = [r for r in read_metrics(Path(tmp) / "run" / "metrics.jsonl") if "time/step" in r][warmup:]
-    peak = peak_rss_gb()
+    peak, peak_gpu = peak_rss_gb(), peak_gpu_gb()
 
     def median(key: str) -> float:
         return statistics.median(r.get(key, 0.0) for r in rows)
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype, torch.float32)
+    # The update's matmuls run in bf16 under autocast, else in the weights' dtype.
+    bf16 = cfg.mixed_precision == "bf16" or cfg.dtype == "bfloat16"
+    dtype = torch.bfloat16 if bf16 else torch.float32
     params = count_parameters(cfg.model)
     # fwd + bwd ~ 6 * params * tokens read by the update's policy pass
     update_flops = 6 * params * (median("tokens/prompt") + median("tokens/completion")) * cfg.mu
     update_seconds = median("time/update")
-    peak_flops = matmul_peak_flops(dtype)
+    peak_flops = matmul_peak_flops(dtype, cfg.device)
     return {
         "implementation": "ours",
         "model": cfg.model, "P": cfg.prompts_per_step, "G": cfg.group_size, "T": cfg.max_new_tokens,
@@ -107,6 +126,7 @@ def run(overrides: dict) -> dict:
         "seconds_update": update_seconds,
         "completion_tokens_per_second": median("tokens_per_second"),
         "peak_rss_gb": peak,
+        "peak_gpu_gb": peak_gpu,
         "update_flops_per_second": update_flops / max(update_seconds, 1e-9),
         "matmul_peak_flops_per_second": peak_flops,
         "update_fraction_of_matmul_peak": update_flops / max(update_seconds, 1e-9) / peak_flops,

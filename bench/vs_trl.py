@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from bench.grpo_step import BENCH_DEFAULTS, peak_rss_gb
+from bench.grpo_step import BENCH_DEFAULTS, peak_gpu_gb, peak_rss_gb
 
 
 def trl_settings(overrides: dict) -> dict:
@@ -75,7 +75,7 @@ def run_trl(overrides: dict) -> dict:
     batch = cfg.prompts_per_step * cfg.group_size
     with tempfile.TemporaryDirectory() as tmp:
         args = TRLConfig(
-            output_dir=tmp, report_to="none", use_cpu=True, seed=cfg.seed, max_steps=steps, logging_steps=1,
+            output_dir=tmp, report_to="none", use_cpu=cfg.device == "cpu", seed=cfg.seed, max_steps=steps, logging_steps=1,
             save_strategy="no", learning_rate=cfg.lr, per_device_train_batch_size=batch,
             generation_batch_size=batch, num_generations=cfg.group_size, max_completion_length=cfg.max_new_tokens,
             generation_kwargs={"min_new_tokens": cfg.max_new_tokens}, temperature=cfg.temperature,
@@ -95,6 +95,7 @@ def run_trl(overrides: dict) -> dict:
         "seconds_per_step": seconds,
         "completion_tokens_per_second": batch * cfg.max_new_tokens / seconds,
         "peak_rss_gb": peak_rss_gb(),
+        "peak_gpu_gb": peak_gpu_gb(),
     }
 
 
@@ -135,18 +136,24 @@ def main() -> None:
         for impl in ("ours", "trl"):
             result = run_one(impl, overrides)
             results[impl].append(result)
+            if args.out:  # keep what was measured so far, should a later run fail
+                with open(args.out, "w") as f:
+                    json.dump({"dtype": args.dtype, "overrides": overrides, "runs": results}, f, indent=2)
+            gpu = f", peak GPU {result['peak_gpu_gb']:.2f} GB" if result.get("peak_gpu_gb") else ""
             print(f"round {round_index + 1} {impl:>4}: {result['seconds_per_step']:.2f} s/step, "
-                  f"peak RSS {result['peak_rss_gb']:.2f} GB", flush=True)
+                  f"peak RSS {result['peak_rss_gb']:.2f} GB{gpu}", flush=True)
     ours_seconds = statistics.median(r["seconds_per_step"] for r in results["ours"])
     trl_seconds = statistics.median(r["seconds_per_step"] for r in results["trl"])
-    ours_memory = statistics.median(r["peak_rss_gb"] for r in results["ours"])
-    trl_memory = statistics.median(r["peak_rss_gb"] for r in results["trl"])
+    # On a GPU the memory that matters is the device's; on a CPU it is the process's RSS.
+    memory_key = "peak_gpu_gb" if results["ours"][0].get("peak_gpu_gb") else "peak_rss_gb"
+    ours_memory = statistics.median(r[memory_key] for r in results["ours"])
+    trl_memory = statistics.median(r[memory_key] for r in results["trl"])
     summary = {"dtype": args.dtype, "overrides": overrides, "ours_seconds_per_step": ours_seconds,
                "trl_seconds_per_step": trl_seconds, "time_ratio_trl_over_ours": trl_seconds / ours_seconds,
-               "ours_peak_rss_gb": ours_memory, "trl_peak_rss_gb": trl_memory,
+               "memory_measure": memory_key, f"ours_{memory_key}": ours_memory, f"trl_{memory_key}": trl_memory,
                "memory_ratio_ours_over_trl": ours_memory / trl_memory, "runs": results}
     print(f"time per step: TRL {trl_seconds:.2f} s / ours {ours_seconds:.2f} s = {trl_seconds / ours_seconds:.2f}x")
-    print(f"peak memory:   ours {ours_memory:.2f} GB / TRL {trl_memory:.2f} GB = {ours_memory / trl_memory:.2f}x")
+    print(f"{memory_key}: ours {ours_memory:.2f} GB / TRL {trl_memory:.2f} GB = {ours_memory / trl_memory:.2f}x")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(summary, f, indent=2)

@@ -53,6 +53,7 @@ def rng_state(generator: torch.Generator | None = None) -> dict:
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "generator": generator.get_state() if generator is not None else None,
     }
 
@@ -61,6 +62,8 @@ def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     if generator is not None and state.get("generator") is not None:
         generator.set_state(state["generator"])
 

@@ -381,7 +381,8 @@ def train(cfg: GRPOConfig) -> Path:
     updates_per_step = cfg.mu * cfg.minibatches
     optimizer = make_optimizer(model, cfg)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps * updates_per_step, cfg.min_lr_ratio)
-    generator = torch.Generator().manual_seed(cfg.seed + rank)
+    # On the model's device: torch.multinomial on a GPU needs a GPU generator.
+    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + rank)
     sampler = PromptSampler(len(train_examples), cfg.seed)
     guard = NonFiniteGuard(cfg.max_skipped_steps)
 
@@ -449,6 +450,8 @@ def train(cfg: GRPOConfig) -> Path:
         # 4. Group-relative advantages (a failed reward is left out of its group).
         valid = torch.isfinite(rewards)
         advantages, zero_std = group_advantages(rewards, cfg.group_size, cfg.scale_rewards, cfg.adv_eps, valid)
+        # Rewards are computed on the CPU; the loss runs where the rollout lives.
+        advantages, valid = advantages.to(rollout.completion_ids.device), valid.to(rollout.completion_ids.device)
         loss_mask = rollout.completion_mask * valid.unsqueeze(1)
         if cfg.mask_truncated:
             loss_mask = loss_mask * (~rollout.truncated).unsqueeze(1)
