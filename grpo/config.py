@@ -190,7 +190,8 @@ class RunConfig:
     min_lr_ratio: float = option(0.0, "cosine decays to lr * min_lr_ratio")
     max_grad_norm: float = option(1.0, "gradient clipping by global norm (0 = off)")
     max_skipped_steps: int = option(5, "consecutive non-finite optimizer steps that stop the run")
-    logprob_chunk_tokens: int = option(1024, "tokens per LM-head chunk in log-prob passes")
+    logprob_chunk_tokens: int = option(0, "positions per LM-head chunk in log-prob passes; "
+                                          "0: as many as fit in 128 MB of float32 logits (128 for a 262k vocabulary)")
     max_steps: int = option(100, "training steps")
     eval_every: int = option(10, "evaluate on the dev set every N steps (0 = only at start and end)")
     save_every: int = option(0, "checkpoint every N steps (0 = only at the end)")
@@ -212,7 +213,8 @@ class RunConfig:
         check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "be in [0, 1]", self.min_lr_ratio)
         check(self.max_grad_norm >= 0, "max_grad_norm", "be >= 0", self.max_grad_norm)
         check(self.max_skipped_steps >= 1, "max_skipped_steps", "be >= 1", self.max_skipped_steps)
-        check(self.logprob_chunk_tokens >= 1, "logprob_chunk_tokens", "be >= 1", self.logprob_chunk_tokens)
+        check(self.logprob_chunk_tokens >= 0, "logprob_chunk_tokens", "be >= 0 (0: automatic)",
+              self.logprob_chunk_tokens)
         check(self.max_steps >= 1, "max_steps", "be >= 1", self.max_steps)
         check(self.eval_every >= 0, "eval_every", "be >= 0", self.eval_every)
         check(self.save_every >= 0, "save_every", "be >= 0", self.save_every)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
-DEFAULT_CHUNK_TOKENS = 1024
+DEFAULT_CHUNK_TOKENS = 0           # 0: as many positions as fit in CHUNK_LOGITS_BYTES
+CHUNK_LOGITS_BYTES = 128 * 2**20   # float32 logits of one LM-head chunk
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -34,6 +35,16 @@ def head_logits(hidden: torch.Tensor, head_weight: torch.Tensor, temperature: fl
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits / temperature
+
+
+def auto_chunk_tokens(vocab_size: int, budget_bytes: int = CHUNK_LOGITS_BYTES) -> int:
+    """Positions per LM-head chunk whose float32 logits fit in the budget: budget / (4 V).
+
+    A fixed token count would not do: 1,024 positions are 200 MB of logits
+    for a 49k vocabulary but 1 GB for Gemma-3's 262k one. With 128 MB this
+    gives 682 positions for SmolLM2, 220 for Qwen2.5, 128 for Gemma-3.
+    """
+    return max(1, budget_bytes // (4 * vocab_size))
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -75,7 +86,8 @@ def logprobs_from_hidden(
     """Chunked log pi(target | context) for every unmasked position.
 
     Only positions with mask == 1 go through the LM head (padding-free), in
-    chunks of `chunk_tokens`, so peak extra memory is chunk_tokens * V floats.
+    chunks of `chunk_tokens` (0: `auto_chunk_tokens`), so peak extra memory
+    is a small multiple of chunk_tokens * V floats.
 
     Args:
         hidden: [B, T, H] final hidden states at the positions that predict `targets`.
@@ -94,6 +106,7 @@ def logprobs_from_hidden(
     flat_hidden = hidden.reshape(batch * time, -1).index_select(0, flat_positions)
     flat_targets = targets.flatten().index_select(0, flat_positions)
     needs_grad = torch.is_grad_enabled() and (flat_hidden.requires_grad or head_weight.requires_grad)
+    chunk_tokens = chunk_tokens or auto_chunk_tokens(head_weight.shape[0])
 
     logprob_chunks, entropy_chunks = [], []
     for start in range(0, flat_positions.numel(), chunk_tokens):

@@ -1,18 +1,8 @@
 import pytest
 import torch
 
-from grpo.logprobs import completion_logprobs, position_ids_from_mask
-
-
-def naive_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature):
-    """The reference route: full [B, L, V] logits, log_softmax, gather."""
-    input_ids = torch.cat([prompt_ids, completion_ids], 1)
-    attention_mask = torch.cat([prompt_mask, completion_mask], 1).long()
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask)).logits
-    logits = logits[:, prompt_ids.shape[1] - 1 : -1].float() / temperature
-    logprobs = torch.log_softmax(logits, -1).gather(2, completion_ids.unsqueeze(2)).squeeze(2)
-    return logprobs * completion_mask
+from bench.logprob_memory import naive_logprobs
+from grpo.logprobs import auto_chunk_tokens, completion_logprobs, position_ids_from_mask
 
 
 def _batch(vocab: int):
@@ -29,7 +19,15 @@ def test_position_ids_skip_left_padding():
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
 
 
-@pytest.mark.parametrize("chunk_tokens", [1, 3, 1024])
+def test_automatic_chunk_holds_128_mb_of_float32_logits():
+    # 2**27 bytes / (4 bytes * V)
+    assert auto_chunk_tokens(262_144) == 128           # Gemma-3
+    assert auto_chunk_tokens(49_152) == 682            # SmolLM2: 134217728 / 196608 = 682.67
+    assert auto_chunk_tokens(151_936) == 220           # Qwen2.5: 134217728 / 607744 = 220.8
+    assert auto_chunk_tokens(2**40) == 1               # never zero
+
+
+@pytest.mark.parametrize("chunk_tokens", [0, 1, 3, 1024])
 def test_chunked_logprobs_equal_naive_full_log_softmax(tiny, chunk_tokens):
     model, _ = tiny
     batch = _batch(model.config.vocab_size)
