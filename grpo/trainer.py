@@ -383,7 +383,7 @@ def train(cfg: GRPOConfig) -> Path:
                           "start it with torchrun --nproc_per_node N (N >= 2), or leave fsdp off")
     if dist.local_device(cfg.device) != cfg.device:
         cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
-    torch.manual_seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # the same on every rank until the model (and its LoRA init) is loaded
     np.random.seed(cfg.seed + rank)
     run_dir, resume_from = prepare_run_dir(cfg) if dist.is_main() else (Path(cfg.out_dir), None)
     dist.barrier()
@@ -391,6 +391,7 @@ def train(cfg: GRPOConfig) -> Path:
         resume_from = ckpt.latest_checkpoint(run_dir) if cfg.resume == "auto" else Path(cfg.resume)
 
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
+    torch.manual_seed(cfg.seed + rank)  # from here on each rank draws its own (dropout, minibatch order)
     reference = Reference(model, shard=cfg.fsdp) if cfg.beta > 0 else None
     state = ckpt.load_trainer_state(resume_from) if resume_from is not None else None
     if state is not None:
