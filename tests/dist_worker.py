@@ -62,6 +62,10 @@ def main(out_path: str, aggregation: str, fsdp: bool, lora: bool) -> None:
     rollout = sample_groups(model, tokenizer, prompts, GROUP, 6, temperature=1.0,
                             generator=torch.Generator().manual_seed(0))
     advantages = torch.randn(PROMPTS * GROUP, generator=torch.Generator().manual_seed(1))
+    # Uneven scored lengths, 1 to 6 tokens, shorter in rank 0's rows: token and sequence aggregation
+    # then differ, and the token normaliser must count the tokens of both ranks.
+    lengths = 1 + torch.arange(PROMPTS * GROUP) * 6 // (PROMPTS * GROUP)
+    loss_mask = rollout.completion_mask * (torch.arange(rollout.completion_ids.shape[1]) < lengths.unsqueeze(1))
 
     rows = slice(rank * PROMPTS * GROUP // world, (rank + 1) * PROMPTS * GROUP // world)
     local = Rollout(rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
@@ -71,7 +75,7 @@ def main(out_path: str, aggregation: str, fsdp: bool, lora: bool) -> None:
                                                  "max_grad_norm": MAX_GRAD_NORM, "fsdp": fsdp})
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     torch.manual_seed(0)
-    stats = trainer.policy_update(model, optimizer, scheduler, local, local.completion_mask, advantages[rows],
+    stats = trainer.policy_update(model, optimizer, scheduler, local, loss_mask[rows], advantages[rows],
                                   None, None, cfg)
     weights = ckpt.full_weights(model) if fsdp else model.state_dict()
     if dist.is_main():
