@@ -37,7 +37,8 @@ def init(device: str = "cpu") -> tuple[int, int]:
     if world_size > 1 and not dist.is_initialized():
         if device == "cuda" and "LOCAL_RANK" in os.environ:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # FSDP and nccl use the current device
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        # On GPUs the small CPU tensors (loss normaliser, stop flags, RNG states) still go over gloo.
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo")
     return rank(), world_size
 
 
