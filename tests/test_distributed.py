@@ -1,4 +1,5 @@
-"""Two processes under gloo produce the update of one process on the same global batch, with and without FSDP."""
+"""Two processes under gloo produce the update of one process on the same global batch, with and without FSDP;
+a sharded torchrun training run writes whole checkpoints and resumes from them exactly."""
 
 import math
 import subprocess
