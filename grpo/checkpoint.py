@@ -8,6 +8,10 @@ A checkpoint is a folder `<run_dir>/checkpoints/step-NNNNNN/` holding
 
 It is written to a temporary folder, fsynced, then renamed into place: a run
 killed mid-write leaves the previous checkpoint or the new one, never a torn one.
+
+A sharded (FSDP) model is saved whole, in the same layout: every rank takes
+part in gathering its weights and optimizer state (`full_weights`,
+`optimizer_state`), and rank 0 writes them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
+from grpo import distributed as dist
 from grpo import lora
 
 STATE_FILE = "trainer_state.pt"
@@ -38,13 +49,47 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
-def save_model_folder(model, tokenizer, folder: Path) -> None:
-    """The model (or only its LoRA adapter) and the tokenizer, loadable by `load_model`."""
+# Whole tensors, gathered from the shards of every rank onto rank 0's CPU.
+GATHERED = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_weights(model) -> dict[str, torch.Tensor] | None:
+    """A sharded model's whole state dict on rank 0 (empty elsewhere); None for an unsharded model.
+
+    Every rank must call this: the gather is a collective.
+    """
+    return get_model_state_dict(model, options=GATHERED) if dist.is_sharded(model) else None
+
+
+def optimizer_state(model, optimizer) -> dict:
+    """The optimizer state to checkpoint; every rank must call this.
+
+    `optimizer.state_dict()`, or for a sharded model the whole state gathered
+    on rank 0 and keyed by parameter name, so that it loads at any world size.
+    """
+    if dist.is_sharded(model):
+        return get_optimizer_state_dict(model, optimizer, options=GATHERED)
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(model, optimizer, state: dict) -> None:
+    """Load what `optimizer_state` saved; a sharded model keeps its own shard of each moment."""
+    if dist.is_sharded(model):
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)
+
+
+def save_model_folder(model, tokenizer, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """The model (or only its LoRA adapter) and the tokenizer, loadable by `load_model`.
+
+    `weights`: the model's whole state dict when its own parameters are shards (`full_weights`).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     if lora.has_lora(model):
-        lora.save_adapter(model, folder, base_model_name_or_path=model.name_or_path)
+        lora.save_adapter(model, folder, base_model_name_or_path=model.name_or_path, weights=weights)
     else:
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, state_dict=weights)
     tokenizer.save_pretrained(folder)
 
 
@@ -68,14 +113,15 @@ def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None
         generator.set_state(state["generator"])
 
 
-def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep`."""
+def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int = 2,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint `step` atomically, then delete all but the newest `keep` (`weights`: see save_model_folder)."""
     checkpoints = Path(run_dir) / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     final = checkpoints / f"step-{step:06d}"
     tmp = checkpoints / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_folder(model, tokenizer, tmp)
+    save_model_folder(model, tokenizer, tmp, weights)
     torch.save({**state, "step": step}, tmp / STATE_FILE)
     _fsync_tree(tmp)
     if final.exists():
@@ -110,7 +156,8 @@ def load_policy_weights(model, checkpoint: Path) -> None:
 
     The policy is rebuilt from the run's starting model first, so that the
     reference (the starting weights, or the adapter-disabled base) is exactly
-    what it was before the interruption.
+    what it was before the interruption. With FSDP this comes before
+    sharding: every rank reads the whole checkpoint and keeps its shard.
     """
     checkpoint = Path(checkpoint)
     if lora.has_lora(model):

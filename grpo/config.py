@@ -271,6 +271,8 @@ class GRPOConfig(RunConfig):
     minibatches: int = option(1, "optimizer steps per inner epoch (the batch is split into this many)")
     micro_batch_size: int = option(0, "rows per forward/backward (gradient accumulation); 0 = whole minibatch")
     share_prompt_pass: bool = option(True, "run each group's prompt through the model once in log-prob passes")
+    fsdp: bool = option(False, "shard weights, gradients and optimizer state over the torchrun processes (FSDP2, "
+                               "one unit per decoder layer); needs torchrun with 2 or more processes")
     max_reward_failures: float = option(0.25, "share of a step's samples whose reward may fail (NaN or raise) "
                                               "before the run stops; failed samples get advantage 0")
 

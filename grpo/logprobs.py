@@ -129,6 +129,25 @@ def logprobs_from_hidden(
     return scatter(logprob_chunks), (scatter(entropy_chunks) if with_entropy else None)
 
 
+def final_hidden_states(model, input_ids: torch.Tensor, **inputs) -> torch.Tensor:
+    """The transformer's final (normed) hidden states, without computing any logits.
+
+    The whole model is called, not just its body (`model.base_model`), so that
+    every pass goes through `model.forward`: with sharded weights that is where
+    the root FSDP unit gathers the embeddings, final norm and LM head, and it
+    keeps them gathered for the chunked head that follows
+    (`grpo.distributed.shard_model`). `logits_to_keep` names no position, so
+    the model's own LM head computes nothing, and `output_hidden_states=-1`
+    keeps only the last hidden state, which transformers gives after the
+    final norm.
+
+    Shapes: input_ids [B, L] -> [B, L, H].
+    """
+    no_positions = input_ids.new_zeros(0)
+    outputs = model(input_ids=input_ids, logits_to_keep=no_positions, output_hidden_states=-1, **inputs)
+    return outputs.hidden_states[-1]
+
+
 def completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
     """Final hidden states at the positions that predict each completion token.
 
@@ -137,12 +156,13 @@ def completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, com
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)          # [B, Lp+Lc]
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
-    hidden = model.base_model(  # the transformer without its LM head
-        input_ids=input_ids,
+    hidden = final_hidden_states(
+        model,
+        input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
-    ).last_hidden_state                                                 # [B, Lp+Lc, H]
+    )                                                                   # [B, Lp+Lc, H]
     return hidden[:, prompt_ids.shape[1] - 1 : -1]
 
 
@@ -159,26 +179,27 @@ def shared_prompt_hidden_states(
 
     Shapes: prompts [B, Lp], completions [B, Lc] -> [B, Lc, H].
     """
-    body = model.base_model
     distinct_prompt_ids = prompt_ids[::group_size]                      # [P, Lp]
     distinct_prompt_mask = prompt_mask[::group_size]
     cache = DynamicCache(config=model.config)
-    prompt_hidden = body(
-        input_ids=distinct_prompt_ids,
+    prompt_hidden = final_hidden_states(
+        model,
+        distinct_prompt_ids,
         attention_mask=distinct_prompt_mask,
         position_ids=position_ids_from_mask(distinct_prompt_mask),
         cache=cache,
         use_cache=True,
-    ).last_hidden_state                                                 # [P, Lp, H]
+    )                                                                   # [P, Lp, H]
     cache.batch_repeat_interleave(group_size)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
-    completion_hidden = body(
-        input_ids=completion_ids,
+    completion_hidden = final_hidden_states(
+        model,
+        completion_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask)[:, prompt_ids.shape[1]:],
         cache=cache,
         use_cache=True,
-    ).last_hidden_state                                                 # [B, Lc, H]
+    )                                                                   # [B, Lc, H]
     # The last prompt position predicts the first completion token.
     first = prompt_hidden[:, -1:].repeat_interleave(group_size, dim=0)  # [B, 1, H]
     return torch.cat([first, completion_hidden[:, :-1]], dim=1)

@@ -308,16 +308,20 @@ def peft_weight_keys(module_name: str) -> tuple[str, str]:
     return prefix + ".lora_A.weight", prefix + ".lora_B.weight"
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def lora_state_dict(model: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The adapter weights under PEFT's key names: A [r, in] and B [out, r] per layer.
 
-    Like `state_dict()`, the tensors are detached but share storage with the model.
+    Like `state_dict()`, the tensors are detached but share storage with the
+    model; or they are taken from `weights`, the model's full state dict,
+    when the model's own parameters are shards (FSDP).
     """
     state: dict[str, torch.Tensor] = {}
     for name, layer in lora_layers(model):
         key_a, key_b = peft_weight_keys(name)
-        state[key_a] = layer.lora_A.weight.detach()
-        state[key_b] = layer.lora_B.weight.detach()
+        if weights is None:
+            state[key_a], state[key_b] = layer.lora_A.weight.detach(), layer.lora_B.weight.detach()
+        else:
+            state[key_a], state[key_b] = weights[f"{name}.lora_A.weight"], weights[f"{name}.lora_B.weight"]
     return state
 
 
@@ -347,8 +351,12 @@ def peft_adapter_config(settings: LoraSettings, base_model_name_or_path: str) ->
     }
 
 
-def save_adapter(model: nn.Module, folder: str | Path, base_model_name_or_path: str) -> None:
-    """Write `adapter_config.json` and `adapter_model.safetensors` into `folder`, in PEFT's format."""
+def save_adapter(model: nn.Module, folder: str | Path, base_model_name_or_path: str,
+                 weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write `adapter_config.json` and `adapter_model.safetensors` into `folder`, in PEFT's format.
+
+    `weights`: the model's full state dict, when its own parameters are shards (FSDP).
+    """
     settings = getattr(model, "lora_settings", None)
     if not has_lora(model) or not isinstance(settings, LoraSettings):
         raise ModelError("the model has no LoRA adapters made by apply_lora or load_adapter; nothing to save")
@@ -357,8 +365,8 @@ def save_adapter(model: nn.Module, folder: str | Path, base_model_name_or_path: 
     config = peft_adapter_config(settings, base_model_name_or_path)
     (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     # safetensors wants contiguous tensors that own their storage.
-    weights = {key: tensor.contiguous().clone() for key, tensor in lora_state_dict(model).items()}
-    save_file(weights, str(folder / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+    adapters = {key: tensor.contiguous().clone() for key, tensor in lora_state_dict(model, weights).items()}
+    save_file(adapters, str(folder / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
 
 
 def read_adapter_settings(folder: str | Path) -> LoraSettings:

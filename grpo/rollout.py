@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from grpo import distributed as dist
 from grpo.logprobs import position_ids_from_mask
 
 
@@ -145,7 +146,10 @@ def sample_groups(
         tokens.append(next_token)
         if not ignore_eos:
             finished |= torch.isin(next_token, eos_token_ids)
-            if bool(finished.all()):
+            done = bool(finished.all())
+            if dist.is_sharded(model):
+                done = dist.all_ranks(done)  # each forward is a collective: all ranks stop together
+            if done:
                 break
         if step == max_new_tokens - 1:
             break  # the last token needs no forward pass

@@ -213,11 +213,14 @@ class Reference:
 
     With LoRA it is the same network with its adapters switched off, so no
     second copy of the weights is held; without LoRA it is a frozen deep copy
-    of the starting model.
+    of the starting model, sharded like the policy when `shard` is set (the
+    copy is taken before the policy is sharded: FSDP modules cannot be copied).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, shard: bool = False):
         self.frozen_copy = None if lora.has_lora(model) else copy.deepcopy(model).eval().requires_grad_(False)
+        if shard and self.frozen_copy is not None:
+            dist.shard_model(self.frozen_copy)
 
     def logprobs(self, policy, rollout: Rollout, cfg: GRPOConfig) -> torch.Tensor:
         with torch.no_grad():
@@ -254,8 +257,8 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
 
     A minibatch is processed in micro-batches whose gradients accumulate. The
     loss normaliser is computed once per minibatch, over all ranks, and
-    gradients are summed over ranks: the accumulated gradient equals the
-    gradient of the whole global minibatch.
+    gradients are summed over ranks (by FSDP itself for a sharded model): the
+    accumulated gradient equals the gradient of the whole global minibatch.
 
     A step whose loss or gradient norm is not finite is skipped (it would
     poison AdamW's moments for good) and counted by `guard`.
@@ -267,7 +270,6 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
     num_groups = batch // cfg.group_size
     minibatch_size = batch // cfg.minibatches
     micro_size = cfg.micro_batch_size or minibatch_size
-    parameters = trainable_parameters(model)
     stats = {"loss": [], "kl": [], "clip_low": [], "clip_high": [], "clip_region": [], "entropy": [],
              "grad_norm": [], "skipped": 0}
     model.train()
@@ -300,7 +302,7 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
                 share = len(rows) / minibatch_size
                 for key, value in micro_stats.items():
                     step_stats[key] = step_stats.get(key, 0.0) + share * float(value)
-            dist.all_reduce_gradients(parameters)
+            dist.all_reduce_gradients(trainable_parameters(model))
             step_loss = dist.all_reduce_sum(step_loss)
             grad_norm, skipped = clip_and_step(model, optimizer, scheduler, step_loss, cfg.max_grad_norm, guard)
             stats["skipped"] += int(skipped)
@@ -323,12 +325,18 @@ def summarise_rewards(values: np.ndarray, components: dict[str, np.ndarray], pre
 
 @torch.no_grad()
 def evaluate(model, tokenizer, reward_fn, examples, cfg, run_dir: Path, step: int, batch_size: int = 16) -> dict:
-    """Greedy outputs on dev examples, their rewards, and the outputs saved to eval/step-N.jsonl."""
+    """Greedy outputs on dev examples, their rewards, and the outputs saved to eval/step-N.jsonl.
+
+    Rank 0's work; a sharded model's other ranks join in its generation (each
+    forward is a collective) and return {}.
+    """
     import json
 
     with autocast(cfg):
         completions = greedy_completions(model, tokenizer, [e["prompt"] for e in examples], cfg.eval_max_new_tokens,
                                          batch_size)
+    if not dist.is_main():
+        return {}
     values, components, errors = score_with_fallback(reward_fn, [e["prompt"] for e in examples], completions, examples)
     check_reward_failures(errors, completions, examples, cfg.max_reward_failures)
     out_dir = run_dir / "eval"
@@ -346,14 +354,20 @@ def evaluate(model, tokenizer, reward_fn, examples, cfg, run_dir: Path, step: in
 # --------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------
+# fsdp: a sharded run saves its optimizer state keyed by parameter name, an unsharded one by position.
 RESUME_KEYS = ("model", "lora_r", "task", "data", "source_lang", "target_lang", "prompts_per_step", "group_size",
-               "reward_weights", "encoder", "encoder_pooling", "tau", "custom_reward")
+               "reward_weights", "encoder", "encoder_pooling", "tau", "custom_reward", "fsdp")
 
 
 def check_resume_matches(cfg, saved_config: dict, checkpoint: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None:
-    """Refuse to continue a checkpoint under a config that changes what it was trained on."""
-    changed = [f"{key}: checkpoint {saved_config.get(key)!r}, now {getattr(cfg, key)!r}"
-               for key in keys if saved_config.get(key) != getattr(cfg, key)]
+    """Refuse to continue a checkpoint under a config that changes what it was trained on.
+
+    A key missing from an older checkpoint's config had its default value then.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    saved = {key: saved_config.get(key, defaults[key]) for key in keys}
+    changed = [f"{key}: checkpoint {saved[key]!r}, now {getattr(cfg, key)!r}"
+               for key in keys if saved[key] != getattr(cfg, key)]
     if changed:
         raise ConfigError(f"cannot resume from {checkpoint}: the config differs in\n  " + "\n  ".join(changed)
                           + "\nUse the run's own config.toml, or start a new run.")
@@ -364,9 +378,12 @@ def train(cfg: GRPOConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world_size = dist.init(cfg.device)
+    if cfg.fsdp and world_size < 2:
+        raise ConfigError("fsdp = true shards the weights over the processes of a torchrun launch; "
+                          "start it with torchrun --nproc_per_node N (N >= 2), or leave fsdp off")
     if dist.local_device(cfg.device) != cfg.device:
         cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
-    torch.manual_seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # the same on every rank until the model (and its LoRA init) is loaded
     np.random.seed(cfg.seed + rank)
     run_dir, resume_from = prepare_run_dir(cfg) if dist.is_main() else (Path(cfg.out_dir), None)
     dist.barrier()
@@ -374,7 +391,14 @@ def train(cfg: GRPOConfig) -> Path:
         resume_from = ckpt.latest_checkpoint(run_dir) if cfg.resume == "auto" else Path(cfg.resume)
 
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
-    reference = Reference(model) if cfg.beta > 0 else None
+    torch.manual_seed(cfg.seed + rank)  # from here on each rank draws its own (dropout, minibatch order)
+    reference = Reference(model, shard=cfg.fsdp) if cfg.beta > 0 else None
+    state = ckpt.load_trainer_state(resume_from) if resume_from is not None else None
+    if state is not None:
+        check_resume_matches(cfg, state["config"], resume_from)
+        ckpt.load_policy_weights(model, resume_from)  # before sharding: every rank reads the whole weights
+    if cfg.fsdp:
+        dist.shard_model(model)
     reward_fn = build_reward_from_config(cfg)
     train_examples, dev_examples = load_task_examples(cfg, tokenizer)
 
@@ -387,11 +411,8 @@ def train(cfg: GRPOConfig) -> Path:
     guard = NonFiniteGuard(cfg.max_skipped_steps)
 
     start_step = 0
-    if resume_from is not None:
-        state = ckpt.load_trainer_state(resume_from)
-        check_resume_matches(cfg, state["config"], resume_from)
-        ckpt.load_policy_weights(model, resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        ckpt.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load(state["sampler"])
         ckpt.set_rng_state(state["rng"][rank], generator)
@@ -404,12 +425,16 @@ def train(cfg: GRPOConfig) -> Path:
             torch.distributed.all_gather_object(rng, ckpt.rng_state(generator))
         else:
             rng = [ckpt.rng_state(generator)]
+        weights, optimizer_state = ckpt.full_weights(model), ckpt.optimizer_state(model, optimizer)
         if dist.is_main():
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                      "sampler": sampler.state(), "rng": rng, "config": to_dict(cfg),
                      "reward_identity": reward_identity(reward_fn)}
-            ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+            ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints, weights=weights)
         dist.barrier()
+
+    # Dev evaluation is rank 0's; with sharded weights every rank takes part in its generation.
+    evaluates_here = dist.is_main() or cfg.fsdp
 
     if dist.is_main():
         save_config(cfg, run_dir / "config.toml")
@@ -417,8 +442,9 @@ def train(cfg: GRPOConfig) -> Path:
                            initial_step=start_step, truncate_after=start_step if resume_from else None)
     logger.message(f"run folder: {run_dir}  |  {len(train_examples)} train / {len(dev_examples)} dev examples"
                    + (f"  |  resumed at step {start_step}" if resume_from else "")
-                   + (f"  |  {world_size} processes" if world_size > 1 else ""))
-    if dev_examples and start_step == 0 and dist.is_main():
+                   + (f"  |  {world_size} processes" if world_size > 1 else "")
+                   + ("  |  FSDP-sharded weights" if cfg.fsdp else ""))
+    if dev_examples and start_step == 0 and evaluates_here:
         logger.log(0, evaluate(model, tokenizer, reward_fn, dev_examples, cfg, run_dir, 0), advance=False)
 
     for step in range(start_step + 1, cfg.max_steps + 1):
@@ -510,9 +536,9 @@ def train(cfg: GRPOConfig) -> Path:
         }
         logger.log(step, metrics)
 
-        # 8. Dev evaluation (rank 0; the others wait at the next barrier).
+        # 8. Dev evaluation (rank 0; the others wait at the next barrier, or join in a sharded model's generation).
         if dev_examples and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
-            if dist.is_main():
+            if evaluates_here:
                 logger.log(step, evaluate(model, tokenizer, reward_fn, dev_examples, cfg, run_dir, step),
                            advance=False)
 

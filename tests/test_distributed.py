@@ -1,28 +1,111 @@
-"""Two processes under gloo produce the gradient of one process on the same global batch."""
+"""Two processes under gloo produce the update of one process on the same global batch, with and without FSDP;
+a sharded torchrun training run writes whole checkpoints and resumes from them exactly."""
 
+import math
 import subprocess
 import sys
 
 import pytest
 import torch
+from test_resume import ROOT, comparable, env
 
-from test_resume import ROOT, env
+WORKER = str(ROOT / "tests" / "dist_worker.py")
 
 
-@pytest.mark.parametrize("aggregation", ["token", "sequence", "dr_grpo"])
-def test_two_gloo_processes_match_one_process(tmp_path, aggregation):
-    single, double = tmp_path / "one.pt", tmp_path / "two.pt"
-    worker = str(ROOT / "tests" / "dist_worker.py")
-    subprocess.run([sys.executable, worker, str(single), aggregation], cwd=ROOT, env=env(), check=True,
-                   capture_output=True, timeout=300)
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The single-process update, computed once per (aggregation, lora) for the whole module."""
+    results = {}
+
+    def run(aggregation: str, *flags: str) -> dict:
+        if (aggregation, flags) not in results:
+            out = tmp_path_factory.mktemp("one") / "one.pt"
+            subprocess.run([sys.executable, WORKER, str(out), aggregation, *flags], cwd=ROOT, env=env(), check=True,
+                           capture_output=True, timeout=300)
+            results[aggregation, flags] = torch.load(out)
+        return results[aggregation, flags]
+
+    return run
+
+
+def two_processes(out, aggregation: str, *flags: str) -> dict:
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    worker, str(double), aggregation], cwd=ROOT, env=env(), check=True, capture_output=True,
+                    WORKER, str(out), aggregation, *flags], cwd=ROOT, env=env(), check=True, capture_output=True,
                    timeout=300)
-    one, two = torch.load(single), torch.load(double)
-    assert one.keys() == two.keys()
-    from grpo.models import load_model
+    return torch.load(out)
 
-    start = load_model("tiny-random-llama")[0].state_dict()
-    assert any(not torch.equal(start[key], one[key]) for key in one), "the update changed nothing"
+
+@pytest.mark.parametrize("aggregation, fsdp, lora", [
+    ("token", False, False), ("sequence", False, False), ("dr_grpo", False, False),
+    ("token", True, False), ("sequence", True, False), ("token", True, True),
+])
+def test_two_gloo_processes_match_one_process(tmp_path, one_process, aggregation, fsdp, lora):
+    from dist_worker import MAX_GRAD_NORM
+
+    lora_flag = ["lora"] if lora else []
+    one = one_process(aggregation, *lora_flag)
+    two = two_processes(tmp_path / "two.pt", aggregation, *(["fsdp"] if fsdp else []), *lora_flag)
+    # Clipping acted, so the update depends on the global gradient norm, which must match.
+    assert one["grad_norm"][0] > MAX_GRAD_NORM
+    assert two["grad_norm"][0] == pytest.approx(one["grad_norm"][0], rel=1e-5)
+
+    one, two = one["weights"], two["weights"]
+    assert one.keys() == two.keys()
+    if lora:
+        # B starts at zero, so the adapters start as the base model: moved B means the update reached them.
+        assert all(two[key].abs().max() > 0 for key in two if "lora_B" in key)
+    else:
+        from grpo.models import load_model
+
+        start = load_model("tiny-random-llama")[0].state_dict()
+        # Every weight moved, the root FSDP unit's too (tied embedding and LM head, final norm).
+        assert all(not torch.equal(start[key], two[key]) for key in start)
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-6), key
+
+
+def train_fsdp(out_dir, *extra: str) -> None:
+    """`torchrun --nproc_per_node 2 -m grpo.train configs/smoke.toml fsdp=true` for 2 steps, a checkpoint after each."""
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "grpo.train", "configs/smoke.toml", "fsdp=true", f"out_dir={out_dir}", "save_every=1",
+                    "threads=1", *extra], cwd=ROOT, env=env(), check=True, capture_output=True, timeout=300)
+
+
+def test_fsdp_training_run_saves_whole_checkpoints_and_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from grpo.metrics import read_metrics
+    from grpo.models import load_model
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train_fsdp(whole)
+    train_fsdp(resumed, f"resume={whole / 'checkpoints' / 'step-000001'}")
+
+    rows = read_metrics(whole / "metrics.jsonl")
+    steps = [row for row in rows if "loss" in row]
+    assert [row["step"] for row in steps] == [1, 2]
+    assert all(row["grad_norm"] > 0 and math.isfinite(row["loss"]) for row in steps)
+    assert steps[1]["kl"] > 0, "the sharded frozen reference took no part"
+    assert any("eval/reward" in row for row in rows)
+    # The run resumed from step 1 (sharded weights and optimizer state loaded) repeats step 2 exactly.
+    assert comparable(read_metrics(resumed / "metrics.jsonl")) == comparable(rows)[-2:]
+
+    saved = load_file(whole / "checkpoints" / "step-000002" / "model.safetensors")
+    again = load_file(resumed / "checkpoints" / "step-000002" / "model.safetensors")
+    assert all(torch.equal(saved[key], again[key]) for key in saved)
+    # The checkpoint holds the whole model: it loads as a plain model, with the saved weights.
+    loaded = load_model(str(whole / "final"))[0].state_dict()
+    start = load_model("tiny-random-llama")[0].state_dict()
+    assert loaded.keys() == start.keys()
+    for key in saved:
+        assert torch.equal(loaded[key], saved[key]), key
+        assert not torch.equal(loaded[key], start[key]), f"{key} was not trained"
+
+
+def test_fsdp_without_torchrun_is_refused(tmp_path):
+    from grpo.config import GRPOConfig, load_config
+    from grpo.errors import ConfigError
+    from grpo.trainer import train
+
+    with pytest.raises(ConfigError, match="torchrun"):
+        train(load_config(GRPOConfig, overrides={"fsdp": True, "out_dir": str(tmp_path / "run")}))
