@@ -17,8 +17,10 @@ left out of the medians, default 1). Prints one JSON object last.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +46,16 @@ BENCH_DEFAULTS = {
     "top_p": 1.0,
     "threads": 2,
 }
+
+
+def run_in_fresh_process(module: str, args: list[str], label: str) -> dict:
+    """`python -m module args...` in a new process (peak memory is per process); returns its last line as JSON."""
+    command = [sys.executable, "-m", module, *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=False,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if result.returncode != 0:
+        raise SystemExit(f"{label} run failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def peak_rss_gb() -> float:

@@ -31,12 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+from bench.grpo_step import run_in_fresh_process
 
 VARIANTS = ("naive", "one-chunk", "chunked")
 
@@ -144,15 +144,11 @@ def main() -> None:
 
     results = []
     for variant in VARIANTS:
-        command = [sys.executable, "-m", "bench.logprob_memory", "--variant", variant, "--model", args.model,
-                   "--prompts", str(args.prompts), "--group-size", str(args.group_size),
-                   "--new-tokens", str(args.new_tokens), *(["--no-grad"] if args.no_grad else [])]
-        run = subprocess.run(command, capture_output=True, text=True, check=False,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if run.returncode != 0:
-            raise SystemExit(f"{variant} failed:\n{run.stderr[-3000:]}")
-        results.append(json.loads(run.stdout.strip().splitlines()[-1]))
-        r = results[-1]
+        options = ["--variant", variant, "--model", args.model, "--prompts", str(args.prompts),
+                   "--group-size", str(args.group_size), "--new-tokens", str(args.new_tokens),
+                   *(["--no-grad"] if args.no_grad else [])]
+        r = run_in_fresh_process("bench.logprob_memory", options, variant)
+        results.append(r)
         print(f"{variant:>9}: peak +{r['peak_rise_gb']:.2f} GB, {r['seconds']:.1f} s, "
               f"sum of log-probs {r['logprob_sum']:.1f}", flush=True)
     naive = results[0]

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
-from bench.grpo_step import BENCH_DEFAULTS, peak_gpu_gb, peak_rss_gb
+from bench.grpo_step import (
+    BENCH_DEFAULTS,
+    peak_gpu_gb,
+    peak_rss_gb,
+    run_in_fresh_process,
+)
 
 
 def trl_settings(overrides: dict) -> dict:
@@ -99,16 +101,6 @@ def run_trl(overrides: dict) -> dict:
     }
 
 
-def run_one(impl: str, overrides: list[str]) -> dict:
-    """Run one implementation in a fresh process and return its JSON result."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "bench.vs_trl", "--impl", impl, *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise SystemExit(f"{impl} run failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impl", choices=("ours", "trl"), help="run one side only in this process")
@@ -134,7 +126,7 @@ def main() -> None:
     results = {"ours": [], "trl": []}
     for round_index in range(args.rounds):
         for impl in ("ours", "trl"):
-            result = run_one(impl, overrides)
+            result = run_in_fresh_process("bench.vs_trl", ["--impl", impl, *overrides], impl)
             results[impl].append(result)
             if args.out:  # keep what was measured so far, should a later run fail
                 with open(args.out, "w") as f:
