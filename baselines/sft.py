@@ -19,6 +19,10 @@ so the next stage names it without knowing the step count:
 
     python -m baselines.sft configs/cold_start_mt.toml
     python -m grpo.train configs/mt.toml model=runs/cold-start-mt/final
+
+Under torchrun it runs data-parallel as GRPO does (gloo on CPU, nccl on GPU):
+
+    torchrun --nproc_per_node 2 -m baselines.sft configs/sft_mt.toml
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ import numpy as np
 import torch
 
 from grpo import checkpoint as ckpt
+from grpo import distributed as dist
 from grpo.config import RunConfig, check, option, save_config, to_dict
+from grpo.errors import ConfigError
 from grpo.guards import NonFiniteGuard, TooManySkippedSteps
 from grpo.logprobs import completion_logprobs
 from grpo.metrics import MetricsLogger
@@ -46,6 +52,7 @@ from grpo.trainer import (
     load_task_examples,
     make_optimizer,
     prepare_run_dir,
+    trainable_parameters,
     warmup_cosine,
 )
 
@@ -184,12 +191,16 @@ def sft_loss(logprobs: torch.Tensor, completion_mask: torch.Tensor, total_tokens
     return -(logprobs * completion_mask).sum() / total_tokens
 
 
-def accumulate_gradients(model, batch: list[TokenizedExample], cfg: SFTConfig, pad_id: int) -> float:
+def accumulate_gradients(model, batch: list[TokenizedExample], cfg: SFTConfig, pad_id: int,
+                         total_tokens: int | None = None) -> float:
     """Backward pass of one optimizer batch in `grad_accum_steps` micro-batches; returns its loss L.
 
     Gradients are added to the parameters' .grad; the caller zeroes and steps.
+    Under torchrun `batch` is this rank's share and `total_tokens` counts the
+    completion tokens of the whole global batch, so that the ranks' losses
+    (and gradients) sum to those of the global batch.
     """
-    total_tokens = sum(len(e.completion_ids) for e in batch)
+    total_tokens = total_tokens or sum(len(e.completion_ids) for e in batch)
     loss_value = 0.0
     for micro in micro_batches(batch, cfg.grad_accum_steps):
         tensors = collate(micro, pad_id, cfg.device)
@@ -234,10 +245,21 @@ def evaluate_loss(model, dev: list[TokenizedExample], dev_examples: list[dict], 
 # The loop
 # --------------------------------------------------------------------------
 def train_sft(cfg: SFTConfig) -> Path:
-    """Run SFT as configured; returns the run folder."""
+    """Run SFT as configured; returns the run folder.
+
+    Under `torchrun --nproc_per_node N` each rank takes every N-th example of
+    the global batch; gradients and the loss are summed over ranks before the
+    step, and only rank 0 logs, evaluates and checkpoints.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    rank, world_size = dist.init(cfg.device)
+    if dist.local_device(cfg.device) != cfg.device:
+        cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
+    if cfg.batch_size % (world_size * cfg.grad_accum_steps):
+        raise ConfigError(f"batch_size = {cfg.batch_size} must split into {world_size} processes x "
+                          f"grad_accum_steps = {cfg.grad_accum_steps} equal micro-batches")
+    torch.manual_seed(cfg.seed)  # the same on every rank: the same LoRA initialisation
     np.random.seed(cfg.seed)
     run_dir, resume_from = prepare_run_dir(cfg)
 
@@ -263,29 +285,36 @@ def train_sft(cfg: SFTConfig) -> Path:
         sampler.load(state["sampler"])
         ckpt.set_rng_state(state["rng"])
         start_step = state["step"]
-    save_config(cfg, run_dir / "config.toml")
+    if dist.is_main():
+        save_config(cfg, run_dir / "config.toml")
 
     def save(step: int) -> None:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "sampler": sampler.state(), "rng": ckpt.rng_state(), "config": to_dict(cfg)}
-        ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+        if dist.is_main():
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "sampler": sampler.state(), "rng": ckpt.rng_state(), "config": to_dict(cfg)}
+            ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+        dist.barrier()
 
     # A resumed run repeats the steps after its checkpoint: their old metric lines go.
     logger = MetricsLogger(run_dir, steps, bar_keys=("loss", "eval/loss"), initial_step=start_step,
-                           truncate_after=start_step if resume_from else None)
+                           truncate_after=start_step if resume_from else None, enabled=dist.is_main())
     truncated = sum(e.truncated for e in train)
     logger.message(f"run folder: {run_dir}  |  {len(train)} train / {len(dev)} dev examples  |  "
                    f"{steps} steps of {cfg.batch_size}"
-                   + (f"  |  {truncated} targets cut at max_target_tokens={cfg.max_target_tokens}" if truncated else ""))
-    if dev and start_step == 0:
+                   + (f"  |  {truncated} targets cut at max_target_tokens={cfg.max_target_tokens}" if truncated else "")
+                   + (f"  |  {world_size} processes" if world_size > 1 else ""))
+    if dev and start_step == 0 and dist.is_main():
         logger.log(0, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run_dir, 0), advance=False)
 
     for step in range(start_step + 1, steps + 1):
         started = time.perf_counter()
         model.train()
-        batch = [train[i] for i in sampler.take(cfg.batch_size)]
+        batch = [train[i] for i in sampler.take(cfg.batch_size)]     # the global batch, the same on every rank
         optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_gradients(model, batch, cfg, pad_id)
+        loss = accumulate_gradients(model, batch[rank::world_size], cfg, pad_id,
+                                    total_tokens=sum(len(e.completion_ids) for e in batch))
+        dist.all_reduce_gradients(trainable_parameters(model))
+        loss = dist.all_reduce_sum(loss)
         try:
             grad_norm, skipped = clip_and_step(model, optimizer, scheduler, loss, cfg.max_grad_norm, guard)
         except TooManySkippedSteps:
@@ -306,15 +335,16 @@ def train_sft(cfg: SFTConfig) -> Path:
             "tokens_per_second": sum(e.num_tokens for e in batch) / max(seconds, 1e-9),
         })
 
-        if dev and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
+        if dev and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps) and dist.is_main():
             logger.log(step, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run_dir, step), advance=False)
 
         if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
             save(step)
 
     logger.close()
-    final = ckpt.link_final(run_dir, ckpt.latest_checkpoint(run_dir))
-    print(f"done: {run_dir}  (final checkpoint: {final} -> {final.resolve()})")
+    if dist.is_main():
+        final = ckpt.link_final(run_dir, ckpt.latest_checkpoint(run_dir))
+        print(f"done: {run_dir}  (final checkpoint: {final} -> {final.resolve()})")
     return run_dir
 
 

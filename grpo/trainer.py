@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from contextlib import contextmanager
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,17 +129,28 @@ class PromptSampler:
         self.order = self._order(self.epoch)
 
 
+def resume_checkpoint(cfg, run_dir: Path) -> Path | None:
+    """The checkpoint `resume` names: the run's latest for "auto", a folder, or None."""
+    if cfg.resume == "auto":
+        return ckpt.latest_checkpoint(run_dir)
+    return Path(cfg.resume) if cfg.resume else None
+
+
 def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
     """Create the run folder; refuse to clobber a finished or running one unless told.
 
-    Returns the folder and the checkpoint to resume from (or None).
+    Returns the folder and the checkpoint to resume from (or None). Under
+    torchrun rank 0 checks and creates the folder while the other ranks wait.
     """
     run_dir = Path(cfg.out_dir)
-    resume_from = None
-    if cfg.resume == "auto":
-        resume_from = ckpt.latest_checkpoint(run_dir)
-    elif cfg.resume:
-        resume_from = Path(cfg.resume)
+    if dist.is_main():
+        _claim_run_dir(cfg, run_dir)
+    dist.barrier()
+    return run_dir, resume_checkpoint(cfg, run_dir)
+
+
+def _claim_run_dir(cfg, run_dir: Path) -> None:
+    resume_from = resume_checkpoint(cfg, run_dir)
     holds_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
     if resume_from is not None and not (resume_from / ckpt.STATE_FILE).exists():
         raise ConfigError(f"resume folder '{resume_from}' is not a checkpoint (it has no {ckpt.STATE_FILE})")
@@ -154,7 +165,6 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, resume_from
 
 
 def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
@@ -385,10 +395,7 @@ def train(cfg: GRPOConfig) -> Path:
         cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
     torch.manual_seed(cfg.seed)  # the same on every rank until the model (and its LoRA init) is loaded
     np.random.seed(cfg.seed + rank)
-    run_dir, resume_from = prepare_run_dir(cfg) if dist.is_main() else (Path(cfg.out_dir), None)
-    dist.barrier()
-    if not dist.is_main() and cfg.resume:
-        resume_from = ckpt.latest_checkpoint(run_dir) if cfg.resume == "auto" else Path(cfg.resume)
+    run_dir, resume_from = prepare_run_dir(cfg)
 
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
     torch.manual_seed(cfg.seed + rank)  # from here on each rank draws its own (dropout, minibatch order)

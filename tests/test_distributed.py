@@ -1,4 +1,5 @@
-"""Two processes under gloo produce the update of one process on the same global batch, with and without FSDP;
+"""Two processes under gloo produce the update of one process on the same global batch, with and without FSDP,
+and for SFT;
 a sharded torchrun training run writes whole checkpoints and resumes from them exactly."""
 
 import math
@@ -109,3 +110,37 @@ def test_fsdp_without_torchrun_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="torchrun"):
         train(load_config(GRPOConfig, overrides={"fsdp": True, "out_dir": str(tmp_path / "run")}))
+
+
+def train_sft(out_dir, processes: int) -> None:
+    """Two SFT steps of 8 examples (2 micro-batches per process) on the MT data, in 1 or N processes."""
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    subprocess.run([*launcher, "-m", "baselines.sft", "model=tiny-random-llama", "data=data/mt", f"out_dir={out_dir}",
+                    "batch_size=8", "grad_accum_steps=2", "max_steps=2", "lr=1e-3", "warmup_steps=0", "dev_limit=4",
+                    "eval_every=1", "max_prompt_tokens=96", "max_target_tokens=32", "threads=1"],
+                   cwd=ROOT, env=env(), check=True, capture_output=True, timeout=300)
+
+
+def test_sft_two_gloo_processes_match_one_process(tmp_path):
+    from safetensors.torch import load_file
+
+    from grpo.metrics import read_metrics
+    from grpo.models import load_model
+
+    train_sft(tmp_path / "one", 1)
+    train_sft(tmp_path / "two", 2)
+
+    one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [row["step"] for row in one] == [row["step"] for row in two] == [0, 1, 1, 2, 2]
+    for row_one, row_two in zip(one, two):
+        for key in ("loss", "grad_norm", "completion_tokens", "eval/loss"):
+            if key in row_one:
+                assert row_two[key] == pytest.approx(row_one[key], rel=1e-5), (row_one["step"], key)
+    weights_one = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    weights_two = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    start = load_model("tiny-random-llama")[0].state_dict()
+    assert any(not torch.equal(start[key], weights_one[key]) for key in weights_one), "the steps changed nothing"
+    for key in weights_one:
+        assert torch.allclose(weights_one[key], weights_two[key], atol=1e-6), key
