@@ -49,6 +49,7 @@ from grpo.trainer import (
     PromptSampler,
     check_resume_matches,
     clip_and_step,
+    finish_run,
     load_task_examples,
     make_optimizer,
     prepare_run_dir,
@@ -342,9 +343,7 @@ def train_sft(cfg: SFTConfig) -> Path:
             save(step)
 
     logger.close()
-    if dist.is_main():
-        final = ckpt.link_final(run_dir, ckpt.latest_checkpoint(run_dir))
-        print(f"done: {run_dir}  (final checkpoint: {final} -> {final.resolve()})")
+    finish_run(run_dir)
     return run_dir
 
 

@@ -554,10 +554,15 @@ def train(cfg: GRPOConfig) -> Path:
             save(step)
 
     logger.close()
+    finish_run(run_dir)
+    return run_dir
+
+
+def finish_run(run_dir: Path) -> None:
+    """Point `<run_dir>/final` at the last checkpoint and say where it is (rank 0)."""
     if dist.is_main():
         final = ckpt.link_final(run_dir, ckpt.latest_checkpoint(run_dir))
         print(f"done: {run_dir}  (final checkpoint: {final} -> {final.resolve().name})")
-    return run_dir
 
 
 def reward_identity(reward_fn) -> dict:
