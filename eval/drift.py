@@ -78,7 +78,9 @@ def percentile_90(values: np.ndarray) -> float:
 class DriftResult:
     """Per-token measurements over all texts, concatenated in text order.
 
-    nll_base, nll_tuned, kl: [N] float64, one entry per scored token.
+    nll_base, nll_tuned: [N] float64, one entry per scored token.
+    kl: [N] KL(tuned || base), the paper's drift direction.
+    kl_forward: [N] KL(base || tuned), the direction RL's Razor finds predicts forgetting.
     text_index: [N] int, the text each token belongs to.
     """
 
@@ -86,6 +88,13 @@ class DriftResult:
     nll_tuned: np.ndarray
     kl: np.ndarray
     text_index: np.ndarray
+    kl_forward: np.ndarray | None = None
+
+    def kl_per_text(self, forward: bool = True) -> np.ndarray:
+        """Token KLs summed over each text: [number of texts] (texts without a scored token are absent)."""
+        values = self.kl_forward if forward else self.kl
+        _, index = np.unique(self.text_index, return_inverse=True)
+        return np.bincount(index, weights=values)
 
     @property
     def nll_increase(self) -> np.ndarray:
@@ -106,16 +115,17 @@ class DriftResult:
             "nll_increase_p90": percentile_90(increase),
             "kl_mean": float(self.kl.mean()),
             "kl_p90": percentile_90(self.kl),
+            **({"kl_forward_mean": float(self.kl_forward.mean())} if self.kl_forward is not None else {}),
         }
 
 
 def _chunk_drift(
     tuned_hidden: torch.Tensor, base_hidden: torch.Tensor, tuned_model, base_model, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """NLL under each model and KL(tuned || base) for one chunk of positions.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """NLL under each model and both KLs for one chunk of positions.
 
     Shapes: hidden states [N, H] each (on their model's device), targets [N]
-    -> (nll_tuned, nll_base, kl), each [N] float32 on the CPU.
+    -> (nll_tuned, nll_base, KL(tuned || base), KL(base || tuned)), each [N] float32 on the CPU.
     """
     logprobs = []
     for model, hidden in ((tuned_model, tuned_hidden), (base_model, base_hidden)):
@@ -127,21 +137,8 @@ def _chunk_drift(
     tuned_logprobs, base_logprobs = logprobs[0], logprobs[1].to(logprobs[0].device)
     targets = targets.to(tuned_logprobs.device)
     nll_tuned, nll_base = token_nll(tuned_logprobs, targets), token_nll(base_logprobs, targets)
-    return nll_tuned.cpu(), nll_base.cpu(), token_kl(tuned_logprobs, base_logprobs).cpu()
-
-
-def _hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Hidden states predicting tokens 1..T-1 of right-padded texts. [B, T] -> [B, T-1, H].
-
-    The first token plays the prompt and the rest the completion of
-    `completion_hidden_states`; with right padding every row's first token
-    is real.
-    """
-    device = next(model.parameters()).device
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    return completion_hidden_states(
-        model, input_ids[:, :1], attention_mask[:, :1], input_ids[:, 1:], attention_mask[:, 1:]
-    )
+    return (nll_tuned.cpu(), nll_base.cpu(), token_kl(tuned_logprobs, base_logprobs).cpu(),
+            token_kl(base_logprobs, tuned_logprobs).cpu())
 
 
 def check_same_vocabulary(base_model, tuned_model) -> None:
@@ -155,7 +152,63 @@ def check_same_vocabulary(base_model, tuned_model) -> None:
         )
 
 
+def pad_sequences(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B] ragged id lists -> ids [B, L] and mask [B, L], padded on `side`."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[index, span], mask[index, span] = torch.tensor(row, dtype=torch.long), 1
+    return ids, mask
+
+
 @torch.inference_mode()
+def measure_pairs(
+    base_model,
+    tuned_model,
+    prefixes: list[list[int]],
+    continuations: list[list[int]],
+    pad_id: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    progress: bool = True,
+    desc: str = "drift",
+) -> DriftResult:
+    """Per-token NLL under both models and both KLs at every continuation token, given its prefix.
+
+    Args:
+        prefixes, continuations: token ids per sequence (a prefix of at least one token); only
+            continuation tokens are scored. Prefixes are left-padded and continuations
+            right-padded, so one pass per batch and model serves all rows.
+        chunk_tokens: positions per LM-head chunk (peak extra memory 2 * chunk_tokens * V floats per model).
+    """
+    check_same_vocabulary(base_model, tuned_model)
+    columns = {"nll_tuned": [], "nll_base": [], "kl": [], "kl_forward": [], "text_index": []}
+    for start in tqdm(range(0, len(prefixes), batch_size), desc=desc, disable=not progress, leave=False):
+        prefix_ids, prefix_mask = pad_sequences(prefixes[start : start + batch_size], pad_id, "left")
+        continuation_ids, continuation_mask = pad_sequences(continuations[start : start + batch_size], pad_id, "right")
+        hidden = []
+        for model in (tuned_model, base_model):
+            device = next(model.parameters()).device
+            states = completion_hidden_states(model, prefix_ids.to(device), prefix_mask.to(device),
+                                              continuation_ids.to(device), continuation_mask.to(device))
+            hidden.append(states.flatten(0, 1))                                         # [B*Lc, H]
+        scored = continuation_mask.flatten().nonzero().squeeze(1)                        # [N] flat positions
+        targets = continuation_ids.flatten()[scored]                                     # [N]
+        rows, width = continuation_ids.shape
+        columns["text_index"].append((start + torch.arange(rows)).repeat_interleave(width)[scored].numpy())
+        for first in range(0, scored.numel(), chunk_tokens):
+            positions = scored[first : first + chunk_tokens]
+            chunk = _chunk_drift(hidden[0][positions.to(hidden[0].device)], hidden[1][positions.to(hidden[1].device)],
+                                 tuned_model, base_model, targets[first : first + chunk_tokens])
+            for key, values in zip(("nll_tuned", "nll_base", "kl", "kl_forward"), chunk):
+                columns[key].append(values.double().numpy())
+    joined = {key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in columns.items()}
+    return DriftResult(nll_base=joined["nll_base"], nll_tuned=joined["nll_tuned"], kl=joined["kl"],
+                       text_index=joined["text_index"].astype(np.int64), kl_forward=joined["kl_forward"])
+
+
 def measure_drift(
     base_model,
     tuned_model,
@@ -166,44 +219,47 @@ def measure_drift(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     progress: bool = True,
 ) -> DriftResult:
-    """Per-token NLL under both models and KL(tuned || base) over `texts`.
+    """Per-token NLL under both models and the KLs over `texts`, every token after the first scored.
 
     Args:
         base_model, tuned_model: causal LMs sharing `tokenizer`'s vocabulary.
         texts: general-domain texts; each is cut to its first `max_tokens` tokens.
         batch_size: texts per transformer pass.
-        chunk_tokens: positions per LM-head chunk (peak extra memory
-            2 * chunk_tokens * V floats per model).
     """
-    check_same_vocabulary(base_model, tuned_model)
     if not texts:
         raise DataError("no drift texts given")
-    columns = {"nll_tuned": [], "nll_base": [], "kl": [], "text_index": []}
-    batches = range(0, len(texts), batch_size)
-    for start in tqdm(batches, desc="drift", disable=not progress, leave=False):
-        encoded = tokenizer(
-            texts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="right",
-            truncation=True, max_length=max_tokens, add_special_tokens=True,
-        )
-        tuned_hidden = _hidden_states(tuned_model, encoded.input_ids, encoded.attention_mask)   # [B, T-1, H]
-        base_hidden = _hidden_states(base_model, encoded.input_ids, encoded.attention_mask)
-        scored = encoded.attention_mask[:, 1:].flatten().nonzero().squeeze(1)                   # [N] flat positions
-        targets = encoded.input_ids[:, 1:].flatten()[scored]                                    # [N]
-        rows, width = encoded.input_ids.shape[0], encoded.input_ids.shape[1] - 1
-        text_of_position = (start + torch.arange(rows)).repeat_interleave(width)[scored]        # [N]
-        tuned_flat, base_flat = tuned_hidden.flatten(0, 1), base_hidden.flatten(0, 1)    # [B*(T-1), H]
-        for first in range(0, scored.numel(), chunk_tokens):
-            positions = scored[first : first + chunk_tokens]
-            nll_tuned, nll_base, kl = _chunk_drift(
-                tuned_flat[positions.to(tuned_flat.device)], base_flat[positions.to(base_flat.device)],
-                tuned_model, base_model, targets[first : first + chunk_tokens],
-            )
-            columns["nll_tuned"].append(nll_tuned.double().numpy())
-            columns["nll_base"].append(nll_base.double().numpy())
-            columns["kl"].append(kl.double().numpy())
-        columns["text_index"].append(text_of_position.numpy())
-    joined = {key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in columns.items()}
-    return DriftResult(
-        nll_base=joined["nll_base"], nll_tuned=joined["nll_tuned"], kl=joined["kl"],
-        text_index=joined["text_index"].astype(np.int64),
-    )
+    encoded = [tokenizer(text, truncation=True, max_length=max_tokens, add_special_tokens=True).input_ids
+               for text in texts]
+    # The first token has no context: it plays the prefix, and texts of one token score nothing.
+    kept = [index for index, ids in enumerate(encoded) if len(ids) >= 2]
+    if not kept:
+        raise DataError("no token was scored: every drift text is shorter than two tokens")
+    result = measure_pairs(base_model, tuned_model, [encoded[i][:1] for i in kept], [encoded[i][1:] for i in kept],
+                           pad_token_id(tokenizer), batch_size, chunk_tokens, progress)
+    result.text_index = np.asarray(kept, dtype=np.int64)[result.text_index]
+    return result
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id that fills padding (masked out everywhere): the pad token, else EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def measure_task_kl(base_model, tuned_model, tokenizer, prompts: list[str], responses: list[str],
+                    batch_size: int = DEFAULT_BATCH_SIZE, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                    progress: bool = True) -> DriftResult:
+    """Both KLs at every token of `responses` (sampled from the base model) given their task prompts.
+
+    RL's Razor's forgetting predictor is E_{x ~ task, y ~ pi_0(.|x)} [ sum_t KL(pi_0 || pi)(. | x, y_<t) ]:
+    `result.kl_per_text(forward=True).mean()` over the prompts. Prompts carry their special
+    tokens already (chat template); an empty response scores nothing and is left out.
+    """
+    prefixes = [tokenizer(prompt, add_special_tokens=False).input_ids for prompt in prompts]
+    continuations = [tokenizer(response, add_special_tokens=False).input_ids for response in responses]
+    kept = [index for index, ids in enumerate(continuations) if ids]
+    if not kept:
+        raise DataError("every base response is empty: nothing to measure the task KL on")
+    result = measure_pairs(base_model, tuned_model, [prefixes[i] for i in kept], [continuations[i] for i in kept],
+                           pad_token_id(tokenizer), batch_size, chunk_tokens, progress, desc="task KL")
+    result.text_index = np.asarray(kept, dtype=np.int64)[result.text_index]
+    return result

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.drift import DriftResult, load_drift_texts, measure_drift, percentile_90, token_kl, token_nll
+from eval.drift import (DriftResult, load_drift_texts, measure_drift, measure_task_kl, percentile_90, token_kl,
+                        token_nll)
 from grpo.errors import DataError, ModelError
 
 TEXTS = [
@@ -120,3 +121,49 @@ def test_drift_texts_from_jsonl_or_cmrc_passages():
     # The CMRC fixture has three questions over two distinct passages.
     passages = load_drift_texts(fixtures / "cmrc2018_tiny.json")
     assert len(passages) == 2 and passages[1].startswith("《红楼梦》")
+
+
+def test_forward_kl_on_drift_texts_matches_full_softmax(tiny, perturbed):
+    model, tokenizer = tiny
+    result = measure_drift(model, perturbed, tokenizer, TEXTS[:2], batch_size=2, chunk_tokens=3, progress=False)
+    expected = []
+    for text in TEXTS[:2]:
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=True).input_ids
+        with torch.no_grad():
+            logp_base = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            logp_tuned = torch.log_softmax(perturbed(input_ids=ids).logits[0, :-1].float(), -1)
+        expected.append((logp_base.exp() * (logp_base - logp_tuned)).sum(-1).numpy())
+    np.testing.assert_allclose(result.kl_forward, np.concatenate(expected), atol=1e-5)
+    assert result.summary()["kl_forward_mean"] == pytest.approx(float(np.concatenate(expected).mean()), abs=1e-6)
+
+
+def test_task_kl_sums_both_directions_over_response_tokens_only(tiny, perturbed):
+    """Against one full pass per (prompt, response): KL at the response positions, summed per response."""
+    model, tokenizer = tiny
+    prompts = ["Translate: cat ->", "A much longer prompt about the weather today ->"]
+    responses = [" 猫 猫", " sunny and warm"]
+    result = measure_task_kl(model, perturbed, tokenizer, prompts, responses, batch_size=2, chunk_tokens=2,
+                             progress=False)
+    forward, reverse = [], []
+    for prompt, response in zip(prompts, responses):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        response_ids = tokenizer(response, add_special_tokens=False).input_ids
+        ids = torch.tensor([prompt_ids + response_ids])
+        with torch.no_grad():
+            logp_base = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            logp_tuned = torch.log_softmax(perturbed(input_ids=ids).logits[0].float(), -1)
+        scored = slice(len(prompt_ids) - 1, len(prompt_ids) + len(response_ids) - 1)  # positions predicting y
+        forward.append(float((logp_base.exp() * (logp_base - logp_tuned)).sum(-1)[scored].sum()))
+        reverse.append(float((logp_tuned.exp() * (logp_tuned - logp_base)).sum(-1)[scored].sum()))
+    np.testing.assert_allclose(result.kl_per_text(forward=True), forward, rtol=1e-4)
+    np.testing.assert_allclose(result.kl_per_text(forward=False), reverse, rtol=1e-4)
+    assert forward[0] != pytest.approx(reverse[0])  # the two directions differ: the test can tell them apart
+
+
+def test_task_kl_of_a_model_with_itself_is_zero_and_empty_responses_are_left_out(tiny):
+    model, tokenizer = tiny
+    result = measure_task_kl(model, model, tokenizer, ["a ->", "b ->"], ["", " x y"], progress=False)
+    assert set(result.text_index.tolist()) == {1}
+    assert (result.kl_forward == 0).all() and (result.kl == 0).all()
+    with pytest.raises(DataError, match="every base response is empty"):
+        measure_task_kl(model, model, tokenizer, ["a ->"], [""], progress=False)
