@@ -108,8 +108,8 @@ def mean_rouge_l(outputs: list[str], references: list[str], target_lang: str) ->
     return float(np.mean(scores))
 
 
-def mean_embedding_similarity(outputs: list[str], references: list[str], encoder: Encoder) -> float:
-    """Mean cosine of output and reference sentence embeddings: (1/N) sum_i e(out_i) . e(ref_i).
+def embedding_similarities(outputs: list[str], references: list[str], encoder: Encoder) -> list[float]:
+    """Cosine of output and reference sentence embeddings, per pair: e(out_i) . e(ref_i).
 
     Computed by the semantic reward itself with no threshold, so evaluation
     and training agree on every detail (an empty output scores cosine 0).
@@ -117,7 +117,33 @@ def mean_embedding_similarity(outputs: list[str], references: list[str], encoder
     reward = EmbeddingCosineReward(encoder, tau=0.0)
     examples = [{"target": reference} for reference in references]
     scored = reward([""] * len(outputs), outputs, examples)
-    return float(np.mean(scored.components[f"{reward.name}/cosine"]))
+    return [float(value) for value in scored.components[f"{reward.name}/cosine"]]
+
+
+def mean_embedding_similarity(outputs: list[str], references: list[str], encoder: Encoder) -> float:
+    """Mean cosine of output and reference sentence embeddings: (1/N) sum_i e(out_i) . e(ref_i)."""
+    return float(np.mean(embedding_similarities(outputs, references, encoder)))
+
+
+def sentence_chrf(output: str, reference: str) -> float:
+    """chrF of one output against its reference on [0, 1] (the corpus formula over one pair)."""
+    return percent_to_unit(CHRF().sentence_score(output, [reference]).score)
+
+
+def per_example_scores(outputs: list[str], references: list[str], target_lang: str,
+                       encoder: Encoder | None = None) -> dict[str, list[float]]:
+    """Scores of each output, for intervals over test items: sentence chrF, ROUGE-L, language
+    consistency (0/1) and, with an encoder, embedding similarity. Lists aligned with `outputs`."""
+    scripts = scripts_for_language(target_lang, LANGUAGE_SCRIPTS)
+    scores = {
+        "chrf": [sentence_chrf(output, reference) for output, reference in zip(outputs, references)],
+        "rouge_l": [rouge_l_f1(rouge_tokens(output, target_lang), rouge_tokens(reference, target_lang))
+                    for output, reference in zip(outputs, references)],
+        "language_consistency": [float(is_consistent(output, scripts)) for output in outputs],
+    }
+    if encoder is not None:
+        scores["embedding_sim"] = embedding_similarities(outputs, references, encoder)
+    return scores
 
 
 def language_consistency_rate(outputs: list[str], target_lang: str) -> float:

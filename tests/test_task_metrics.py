@@ -13,6 +13,7 @@ from eval.task_metrics import (
     mean_chars,
     mean_embedding_similarity,
     mean_rouge_l,
+    per_example_scores,
     rouge_l_f1,
     rouge_tokens,
     task_metrics,
@@ -113,3 +114,19 @@ def test_task_metrics_rejects_misaligned_lists():
         task_metrics(["a"], ["a", "b"], "en")
     with pytest.raises(DataError, match="no outputs"):
         task_metrics([], [], "en")
+
+
+def test_per_example_scores_by_hand():
+    scores = per_example_scores(["abc", "甲", "北京 Beijing"], ["abd", "丙", "北京"], "zh")
+    # chrF of abc vs abd as in the corpus test (one pair); 甲 vs 丙 share no character.
+    assert scores["chrf"][0] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    assert scores["chrf"][1] == 0.0
+    assert scores["rouge_l"][:2] == [pytest.approx(2 / 3), 0.0]   # characters a, b common of 3 and 3
+    assert scores["language_consistency"] == [0.0, 1.0, 0.0]
+    assert "embedding_sim" not in scores
+    with_encoder = per_example_scores(["甲", "丙", ""], ["甲", "甲", "乙"], "zh", encoder=TableEncoder())
+    assert with_encoder["embedding_sim"] == [pytest.approx(1.0), pytest.approx(0.6), 0.0]
+    # The corpus mean of the per-example ROUGE-L is the reported ROUGE-L.
+    outputs, references = ["我爱北京天安门", "北京"], ["我爱北京", "南京"]
+    assert np.mean(per_example_scores(outputs, references, "zh")["rouge_l"]) == pytest.approx(
+        mean_rouge_l(outputs, references, "zh"))
