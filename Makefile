@@ -7,9 +7,14 @@ CONFIG  ?=
 MODEL   ?=
 DATA    ?=
 ARGS    ?=
-RUN_ARGS = $(if $(MODEL),model=$(MODEL)) $(if $(DATA),data=$(DATA)) $(ARGS)
+# MT=bo-zh: the paper's Tibetan -> Chinese direction on data/mt, instead of the default English -> Chinese,
+# which is what the offline model can learn (it cannot read Tibetan; docs/RESULTS.md).
+MT      ?= en-zh
+MT_ARGS  = $(if $(filter bo-zh,$(MT)),data=data/mt source_lang=bo data_langs=bo-zh)
+DATA_ARGS = $(if $(MODEL),model=$(MODEL)) $(if $(DATA),data=$(DATA))
+RUN_ARGS = $(DATA_ARGS) $(ARGS)
 
-.PHONY: install test smoke train-mt train-hg sft-mt sft-hg cold-start-mt cold-start-hg data-mt data-hg data-general alignment-tax reproduce clean
+.PHONY: install test smoke train-mt train-hg sft-mt sft-hg cold-start-mt cold-start-hg data-mt data-hg data-general alignment-tax reproduce reproduce-quick clean
 
 install:
 	python3 -m venv .venv
@@ -29,14 +34,16 @@ test:
 smoke:
 	$(PY) -m grpo.train configs/smoke.toml $(ARGS)
 
-train-mt:
-	$(PY) -m grpo.train $(or $(CONFIG),configs/mt.toml) $(RUN_ARGS)
+# The paper's two stages: cold-start SFT on a small subset, tau from its dev outputs, then GRPO from it
+# (which is also GRPO's KL reference). `make cold-start-mt` runs the first two alone.
+train-mt: cold-start-mt
+	$(PY) -m grpo.train runs/cold-start-mt/grpo.toml $(ARGS)
 
 train-hg: data/hg/train.jsonl
 	$(PY) -m grpo.train $(or $(CONFIG),configs/hg.toml) $(RUN_ARGS)
 
 sft-mt:
-	$(PY) -m baselines.sft $(or $(CONFIG),configs/sft_mt.toml) $(RUN_ARGS)
+	$(PY) -m baselines.sft $(or $(CONFIG),configs/sft_mt.toml) $(MT_ARGS) $(RUN_ARGS)
 
 sft-hg: data/hg/train.jsonl
 	$(PY) -m baselines.sft $(or $(CONFIG),configs/sft_hg.toml) $(RUN_ARGS)
@@ -44,9 +51,9 @@ sft-hg: data/hg/train.jsonl
 # Cold-start SFT, tau from its greedy dev outputs, then GRPO from its final checkpoint
 # (which is also GRPO's reference policy).
 cold-start-mt:
-	$(PY) -m baselines.sft configs/cold_start_mt.toml overwrite=true $(RUN_ARGS)
-	$(PY) -m grpo.tau --model runs/cold-start-mt/final --config configs/mt.toml --out runs/cold-start-mt/grpo.toml $(if $(DATA),data=$(DATA))
-	$(PY) -m grpo.train runs/cold-start-mt/grpo.toml out_dir=runs/grpo-cold-start-mt overwrite=true
+	$(PY) -m baselines.sft configs/cold_start_mt.toml overwrite=true $(MT_ARGS) $(DATA_ARGS)
+	$(PY) -m grpo.tau --model runs/cold-start-mt/final --config $(or $(CONFIG),configs/mt.toml) \
+		--out runs/cold-start-mt/grpo.toml $(MT_ARGS) $(if $(DATA),data=$(DATA))
 
 cold-start-hg: data/hg/train.jsonl
 	$(PY) -m baselines.sft configs/cold_start_hg.toml overwrite=true $(RUN_ARGS)
@@ -62,6 +69,7 @@ data-hg:
 
 data-mt:
 	$(PY) data/build_mt.py --out data/mt
+	$(PY) data/build_mt_en_zh.py --mt data/mt --out data/mt-en-zh
 
 data-general:
 	$(PIP) install -q --no-deps lm-eval==0.4.13
@@ -72,11 +80,17 @@ data-general:
 alignment-tax:
 	$(PY) -m eval.alignment_tax --base $(or $(BASE),smollm2-135m) --tuned $(TUNED) $(ARGS)
 
-# The paper's comparison on the offline defaults, resumable stage by stage (docs/RESULTS.md).
-reproduce: data/hg/train.jsonl data/general/drift.jsonl
-	$(PY) -m eval.reproduce --out runs/reproduce $(ARGS)
+# The paper's comparison on the offline defaults, resumable stage by stage (docs/RESULTS.md):
+#   make reproduce                     every stage in order; a stage whose outputs exist is skipped
+#   make reproduce STAGE=sweep-sft-mt  one stage (python -m eval.reproduce --help lists them)
+#   make reproduce-quick               every stage at toy size, to check the pipeline
+reproduce: data/hg/train.jsonl data/general/cloze.jsonl
+	$(PY) -m eval.reproduce $(if $(STAGE),--stage $(STAGE)) $(ARGS)
 
-data/general/drift.jsonl:
+reproduce-quick: data/hg/train.jsonl data/general/cloze.jsonl
+	$(PY) -m eval.reproduce --plan quick $(if $(STAGE),--stage $(STAGE)) $(ARGS)
+
+data/general/cloze.jsonl:
 	$(MAKE) data-general
 
 clean:

@@ -245,17 +245,18 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def measure_task_kl(base_model, tuned_model, tokenizer, prompts: list[str], responses: list[str],
+def measure_task_kl(base_model, tuned_model, tokenizer, prompts: list[str], response_ids: list[list[int]],
                     batch_size: int = DEFAULT_BATCH_SIZE, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                     progress: bool = True) -> DriftResult:
-    """Both KLs at every token of `responses` (sampled from the base model) given their task prompts.
+    """Both KLs at every token of the responses (sampled from the base model) given their task prompts.
 
     RL's Razor's forgetting predictor is E_{x ~ task, y ~ pi_0(.|x)} [ sum_t KL(pi_0 || pi)(. | x, y_<t) ]:
     `result.kl_per_text(forward=True).mean()` over the prompts. Prompts carry their special
-    tokens already (chat template); an empty response scores nothing and is left out.
+    tokens already (chat template); responses are the sampled token ids themselves (decoding and
+    re-encoding could change them). An empty response scores nothing and is left out.
     """
     prefixes = [tokenizer(prompt, add_special_tokens=False).input_ids for prompt in prompts]
-    continuations = [tokenizer(response, add_special_tokens=False).input_ids for response in responses]
+    continuations = [list(ids) for ids in response_ids]
     kept = [index for index, ids in enumerate(continuations) if ids]
     if not kept:
         raise DataError("every base response is empty: nothing to measure the task KL on")

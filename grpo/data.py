@@ -141,3 +141,16 @@ def make_examples(
             }
         )
     return examples
+
+
+def keep_short_prompts(examples: list[dict], tokenizer, max_prompt_tokens: int, source: str | Path) -> list[dict]:
+    """The examples whose prompt has at most `max_prompt_tokens` tokens (0 keeps all); the count is printed.
+
+    Longer examples are left out rather than truncated: cutting a source sentence would change the task.
+    """
+    if not max_prompt_tokens:
+        return examples
+    kept = [e for e in examples if len(tokenizer(e["prompt"], add_special_tokens=False).input_ids) <= max_prompt_tokens]
+    print(f"{source}: {len(examples) - len(kept)} of {len(examples)} examples have prompts over "
+          f"{max_prompt_tokens} tokens and are left out")
+    return kept

@@ -29,7 +29,7 @@ from grpo import distributed as dist
 from grpo import lora
 from grpo.advantages import group_advantages
 from grpo.config import GRPOConfig, save_config, to_dict
-from grpo.data import make_examples, read_jsonl, split_path
+from grpo.data import keep_short_prompts, make_examples, read_jsonl, split_path
 from grpo.errors import ConfigError, DataError
 from grpo.guards import NonFiniteGuard, TooManySkippedSteps, check_reward_failures, score_with_fallback
 from grpo.logprobs import completion_logprobs
@@ -180,13 +180,8 @@ def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
                   data_langs=cfg.data_langs, prompt_format=cfg.prompt_format)
 
     def load(path, limit):
-        examples = make_examples(read_jsonl(path), tokenizer, **common)
-        if cfg.max_prompt_tokens:
-            kept = [e for e in examples
-                    if len(tokenizer(e["prompt"], add_special_tokens=False).input_ids) <= cfg.max_prompt_tokens]
-            print(f"{path}: {len(examples) - len(kept)} of {len(examples)} examples have prompts over "
-                  f"{cfg.max_prompt_tokens} tokens and are left out")
-            examples = kept
+        examples = keep_short_prompts(make_examples(read_jsonl(path), tokenizer, **common), tokenizer,
+                                      cfg.max_prompt_tokens, path)
         if not examples:
             raise DataError(f"{path}: no examples left (max_prompt_tokens={cfg.max_prompt_tokens})")
         if 0 < limit < len(examples):

@@ -141,13 +141,13 @@ def test_task_kl_sums_both_directions_over_response_tokens_only(tiny, perturbed)
     """Against one full pass per (prompt, response): KL at the response positions, summed per response."""
     model, tokenizer = tiny
     prompts = ["Translate: cat ->", "A much longer prompt about the weather today ->"]
-    responses = [" 猫 猫", " sunny and warm"]
+    responses = [tokenizer(text, add_special_tokens=False).input_ids for text in (" 猫 猫", " sunny and warm")]
     result = measure_task_kl(model, perturbed, tokenizer, prompts, responses, batch_size=2, chunk_tokens=2,
                              progress=False)
     forward, reverse = [], []
     for prompt, response in zip(prompts, responses):
         prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        response_ids = tokenizer(response, add_special_tokens=False).input_ids
+        response_ids = response
         ids = torch.tensor([prompt_ids + response_ids])
         with torch.no_grad():
             logp_base = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
@@ -162,8 +162,8 @@ def test_task_kl_sums_both_directions_over_response_tokens_only(tiny, perturbed)
 
 def test_task_kl_of_a_model_with_itself_is_zero_and_empty_responses_are_left_out(tiny):
     model, tokenizer = tiny
-    result = measure_task_kl(model, model, tokenizer, ["a ->", "b ->"], ["", " x y"], progress=False)
+    result = measure_task_kl(model, model, tokenizer, ["a ->", "b ->"], [[], [5, 6]], progress=False)
     assert set(result.text_index.tolist()) == {1}
     assert (result.kl_forward == 0).all() and (result.kl == 0).all()
     with pytest.raises(DataError, match="every base response is empty"):
-        measure_task_kl(model, model, tokenizer, ["a ->"], [""], progress=False)
+        measure_task_kl(model, model, tokenizer, ["a ->"], [[]], progress=False)
