@@ -80,39 +80,15 @@ def test_metrics(model: str, task: str, out_file: Path, limit: int) -> dict:
 
 
 def plot_training_curves(out: Path, runs: list[str]) -> Path | None:
-    """Train reward and KL per step of every GRPO arm, and dev loss per step of every SFT arm, in one PNG."""
+    """Every arm's training curves (`grpo.plot`: GRPO rewards, KL, ...; SFT losses) in one PNG."""
+    from grpo.errors import UserError
+    from grpo.plot import plot_runs
+
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no training-curve plot (pip install matplotlib)")
+        return plot_runs([out / name for name in runs], out / "training_curves.png")
+    except UserError as err:
+        print(f"no training-curve plot: {err}")
         return None
-    from grpo.metrics import read_metrics
-
-    figure, (reward_axis, kl_axis, loss_axis) = plt.subplots(1, 3, figsize=(15, 4))
-    for name in runs:
-        metrics_file = out / name / "metrics.jsonl"
-        if not metrics_file.exists():
-            continue
-        rows = read_metrics(metrics_file)
-        steps = [r for r in rows if "reward" in r]
-        if steps:
-            reward_axis.plot([r["step"] for r in steps], [r["reward"] for r in steps], label=name)
-            kl_axis.plot([r["step"] for r in steps], [r["kl"] for r in steps], label=name)
-        losses = [r for r in rows if "eval/loss" in r]
-        if losses:
-            loss_axis.plot([r["step"] for r in losses], [r["eval/loss"] for r in losses], marker="o", label=name)
-    for axis, title in ((reward_axis, "GRPO train reward"), (kl_axis, "GRPO KL to reference (k3)"),
-                        (loss_axis, "SFT dev loss")):
-        axis.set_title(title)
-        axis.set_xlabel("step")
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    path = out / "training_curves.png"
-    figure.savefig(path, dpi=110)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
