@@ -53,31 +53,25 @@ def test_make_names_the_run_after_its_source_and_needs_from():
     assert missing.returncode != 0 and "FROM=<MT run folder or model> is required" in missing.stderr
 
 
-def test_grpo_transfer_starts_from_the_mt_run_on_k_samples(transfer_setup):
-    mt_run, data, root = transfer_setup
-    out = root / "transfer-hg"
-    result = make("transfer-hg", f"FROM={mt_run}", "K=3", f"DATA={data}",
-                  f"ARGS=out_dir={out} reward_weights={{length=1.0}} max_steps=1 prompts_per_step=2 group_size=2 "
-                  "max_new_tokens=4 eval_max_new_tokens=4 dev_limit=2 eval_every=0 threads=1")
-    assert result.returncode == 0, result.stderr
-    config = load_config(GRPOConfig, out / "config.toml")
-    assert (config.model, config.limit, config.task) == (str(mt_run / "final"), 3, "hg")
-    assert "3 train / 2 dev examples" in result.stdout + result.stderr
-    step = [row for row in read_metrics(out / "metrics.jsonl") if "reward" in row][0]
-    assert step["epoch"] == pytest.approx(2 / 3)  # 2 prompts of the 3-example subset
-    assert step["kl"] == pytest.approx(0.0, abs=1e-7)  # the reference is the MT model it starts from
+GRPO_ARGS = ("reward_weights={length=1.0} max_steps=1 prompts_per_step=2 group_size=2 max_new_tokens=4 "
+             "eval_max_new_tokens=4 dev_limit=2 eval_every=0 threads=1")
+SFT_ARGS = ("epochs=0 max_steps=1 batch_size=2 grad_accum_steps=1 dev_limit=2 eval_every=0 lora_r=4 lora_alpha=8.0 "
+            "max_target_tokens=16 threads=1")
 
 
-def test_sft_transfer_starts_from_the_mt_run_on_k_samples(transfer_setup):
+@pytest.mark.parametrize("target, args, metric", [("transfer-hg", GRPO_ARGS, "reward"),
+                                                  ("sft-transfer-hg", SFT_ARGS, "loss")])
+def test_transfer_starts_from_the_mt_run_on_k_samples(transfer_setup, target, args, metric):
     from baselines.sft import SFTConfig
 
     mt_run, data, root = transfer_setup
-    out = root / "sft-transfer-hg"
-    result = make("sft-transfer-hg", f"FROM={mt_run}", "K=3", f"DATA={data}",
-                  f"ARGS=out_dir={out} epochs=0 max_steps=1 batch_size=2 grad_accum_steps=1 dev_limit=2 "
-                  "eval_every=0 lora_r=4 lora_alpha=8.0 max_target_tokens=16 threads=1")
+    out = root / target
+    result = make(target, f"FROM={mt_run}", "K=3", f"DATA={data}", f"ARGS=out_dir={out} {args}")
     assert result.returncode == 0, result.stderr
-    config = load_config(SFTConfig, out / "config.toml")
+    config = load_config(GRPOConfig if metric == "reward" else SFTConfig, out / "config.toml")
     assert (config.model, config.limit, config.task) == (str(mt_run / "final"), 3, "hg")
-    step = [row for row in read_metrics(out / "metrics.jsonl") if "loss" in row][0]
-    assert step["epoch"] == pytest.approx(2 / 3)
+    assert "3 train / 2 dev examples" in result.stdout + result.stderr
+    step = [row for row in read_metrics(out / "metrics.jsonl") if metric in row][0]
+    assert step["epoch"] == pytest.approx(2 / 3)  # 2 examples of the 3-example subset
+    if metric == "reward":
+        assert step["kl"] == pytest.approx(0.0, abs=1e-7)  # the reference is the MT model it starts from
