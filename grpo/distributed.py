@@ -106,6 +106,15 @@ def all_gather_rows(values: torch.Tensor) -> torch.Tensor:
     return torch.cat(gathered)
 
 
+def gather_lists(items: list) -> list:
+    """Concatenate a list of picklable objects from every rank, in rank order (for logging sample rows)."""
+    if not is_distributed():
+        return items
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
 def is_sharded(model) -> bool:
     """Whether `shard_model` has sharded this model: its every forward is then a collective."""
     return isinstance(model, FSDPModule)

@@ -95,6 +95,27 @@ def clipped_surrogate(
     return loss, clipped_low, clipped_high
 
 
+def two_sided_clip(
+    per_token_loss: torch.Tensor, advantages: torch.Tensor, delta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cap the loss of tokens with a negative advantage at delta * |A| (dual clip, INTELLECT-2's `delta`).
+
+        loss_it = min(loss_it, -delta * A_i)      where A_i < 0
+        loss_it                                   where A_i >= 0
+
+    For A < 0 the clipped surrogate's loss is max(rho, clip(rho)) * |A|, which
+    grows without bound with rho; capping it means the ratio counts at most
+    delta (> 1 + eps_high), and a capped token gets no gradient. TRL and
+    INTELLECT-2 clamp rho at delta in the unclipped term, which is the same loss.
+
+    Shapes: per_token_loss [B, T], advantages [B] -> loss [B, T], and the
+    [B, T] bool mask of capped tokens.
+    """
+    cap = -delta * advantages.unsqueeze(1)                                   # [B, 1], > 0 where A < 0
+    capped = (advantages.unsqueeze(1) < 0) & (per_token_loss > cap)
+    return torch.where(capped, cap.expand_as(per_token_loss), per_token_loss), capped
+
+
 @dataclass(frozen=True)
 class Normaliser:
     """Batch-level denominators for `aggregate`, fixed for a whole optimizer step.
@@ -154,11 +175,14 @@ def grpo_loss(
     kl_estimator: str = "k3",
     aggregation: str = "sequence",
     importance_level: str = "token",
+    delta: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss for one micro-batch.
 
         L_it = -min(rho_it A_i, clip(rho_it, 1-eps_low, 1+eps_high) A_i) + beta * KL_it
         loss = aggregate(L, m)
+
+    With delta > 0 the surrogate of tokens with A < 0 is capped first (`two_sided_clip`).
 
     Args:
         logprobs: [B, T] current policy log-probs (with grad).
@@ -172,11 +196,14 @@ def grpo_loss(
 
     Returns:
         loss (scalar) and detached statistics averaged over this micro-batch's
-        tokens: kl, clip_low, clip_high, clip_region.
+        tokens: kl, clip_low, clip_high, clip_region, and clip_delta when delta > 0.
     """
     log_ratio = importance_log_ratio(logprobs, old_logprobs, completion_mask, importance_level)
     per_token_loss, clipped_low, clipped_high = clipped_surrogate(log_ratio, advantages, eps_low, eps_high)
     stats = {}
+    if delta > 0.0:
+        per_token_loss, capped = two_sided_clip(per_token_loss, advantages, delta)
+        stats["clip_delta"] = masked_mean(capped.float(), completion_mask)
     if beta > 0.0:
         if ref_logprobs is None:
             raise ValueError("beta > 0 needs ref_logprobs")

@@ -4,6 +4,7 @@
         1. take P prompts
         2. sample G completions for each              (rollout.sample_groups)
         3. score every completion                     (rewards)
+           (dynamic sampling: drop groups without a spread, repeat 1-3 until P are kept)
         4. turn scores into group-relative advantages (advantages.group_advantages)
         5. log-probs of the sampling policy and of the reference (no grad)
         6. mu epochs of clipped policy-gradient updates on minibatches
@@ -27,9 +28,10 @@ import torch
 from grpo import checkpoint as ckpt
 from grpo import distributed as dist
 from grpo import lora
-from grpo.advantages import group_advantages
+from grpo.advantages import group_advantages, normalize_then_sum
 from grpo.config import GRPOConfig, save_config, to_dict
 from grpo.data import keep_short_prompts, make_examples, read_jsonl, split_path
+from grpo.dynamic_sampling import ScoredBatch, fill_with_informative_groups
 from grpo.errors import ConfigError, DataError
 from grpo.guards import NonFiniteGuard, TooManySkippedSteps, check_reward_failures, score_with_fallback
 from grpo.logprobs import completion_logprobs
@@ -37,6 +39,7 @@ from grpo.loss import Normaliser, grpo_loss, masked_mean
 from grpo.metrics import MetricsLogger
 from grpo.models import load_model
 from grpo.rollout import Rollout, decode_completions, greedy_completions, sample_groups
+from rewards.length import soft_overlong_penalty
 
 
 # --------------------------------------------------------------------------
@@ -203,13 +206,98 @@ def build_reward_from_config(cfg: GRPOConfig):
     from rewards import build_reward
 
     return build_reward(
-        dict(cfg.reward_weights),
+        # The overlong penalty reads token lengths, so the trainer adds it (`sample_and_score`).
+        {term: weight for term, weight in cfg.reward_weights.items() if term != "overlong"},
         encoder=cfg.encoder,
         pooling=cfg.encoder_pooling,
         tau=cfg.tau,
         length_range=(cfg.length_min, cfg.length_max),
         length_outside=cfg.length_outside,
         custom=cfg.custom_reward or None,
+        custom_rewards=dict(cfg.custom_rewards),
+        encoder_device=dist.local_device(cfg.encoder_device),
+    )
+
+
+def reward_term_weights(reward_fn, cfg: GRPOConfig) -> dict[str, float]:
+    """Each reward term's name and weight: the weighted sum's terms, and the overlong penalty when on.
+
+    A reward that is not a weighted sum is one term, "reward", of weight 1.
+    """
+    weights = dict(getattr(reward_fn, "weights", None) or {"reward": 1.0})
+    if cfg.overlong_buffer:
+        weights["overlong"] = float(cfg.reward_weights.get("overlong", 1.0))
+    return weights
+
+
+def sample_and_score(model, tokenizer, reward_fn, train_examples, sampler, generator, cfg: GRPOConfig,
+                     timer, term_weights: dict[str, float]) -> ScoredBatch:
+    """Steps 1 to 3 of a GRPO step: this rank's P prompts, G completions of each, and their rewards."""
+    rank, world_size = dist.rank(), dist.world_size()
+    # 1. Take a batch of prompts (this rank's share of the global batch);
+    #    each completion carries its prompt's example.
+    global_batch = sampler.take(cfg.prompts_per_step * world_size)
+    mine = global_batch[rank * cfg.prompts_per_step : (rank + 1) * cfg.prompts_per_step]
+    batch_examples = [train_examples[i] for i in mine]
+    examples = [e for e in batch_examples for _ in range(cfg.group_size)]
+
+    # 2. Rollouts: G completions per prompt.
+    with timer("generate"), autocast(cfg):
+        model.eval()
+        rollout = sample_groups(model, tokenizer, [e["prompt"] for e in batch_examples], cfg.group_size,
+                                cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator,
+                                ignore_eos=cfg.ignore_eos)
+        completions = decode_completions(tokenizer, rollout)
+
+    # 3. Rewards; a sample whose reward fails is marked NaN, too many stop the run.
+    with timer("reward"):
+        prompts = [e["prompt"] for e in examples]
+        reward_values, reward_components, reward_errors = score_with_fallback(reward_fn, prompts, completions,
+                                                                              examples)
+        # A reward that is not a weighted sum is its own single term, "reward" (`reward_term_weights`).
+        term_values = {"reward": reward_values, **reward_components}
+        if cfg.overlong_buffer:
+            penalty = soft_overlong_penalty(rollout.completion_lengths.cpu().numpy(), cfg.max_new_tokens,
+                                            cfg.overlong_buffer)
+            reward_values = reward_values + term_weights["overlong"] * penalty
+            reward_components = {**reward_components, "overlong": penalty}
+            term_values["overlong"] = penalty
+        check_reward_failures(reward_errors, completions, examples, cfg.max_reward_failures)
+        rewards = torch.as_tensor(reward_values, dtype=torch.float32)
+
+    scores = rewards
+    if cfg.reward_normalization == "normalize_then_sum":
+        missing = np.full(len(rewards), np.nan)  # a term whose every sample failed has no component
+        terms = {name: torch.as_tensor(term_values.get(name, missing), dtype=torch.float32) for name in term_weights}
+        scores = normalize_then_sum(terms, term_weights, cfg.group_size, cfg.adv_eps, torch.isfinite(rewards))
+    return ScoredBatch(examples, rollout, completions, rewards, reward_components, reward_errors, scores)
+
+
+def completion_rows(scored: ScoredBatch, advantages: torch.Tensor, group_size: int, step: int) -> list[dict]:
+    """One row per sampled completion for completions/step-N.jsonl (NaN written as null)."""
+    def number(value):
+        value = float(value)
+        return value if math.isfinite(value) else None
+
+    lengths, truncated = scored.rollout.completion_lengths.tolist(), scored.rollout.truncated.tolist()
+    first_group = dist.rank() * (len(scored.examples) // group_size)
+    return [{"step": step, "group": first_group + i // group_size, "id": example.get("id"),
+             "prompt": example["prompt"], "target": example.get("target"), "completion": completion,
+             "terms": {name: number(values[i]) for name, values in scored.components.items()},
+             "reward": number(scored.rewards[i]), "advantage": number(advantages[i]),
+             "length": int(lengths[i]), "truncated": bool(truncated[i])}
+            for i, (example, completion) in enumerate(zip(scored.examples, scored.completions))]
+
+
+def log_completions(logger: MetricsLogger, rows: list[dict], group_size: int, step: int) -> None:
+    """All rows to completions/step-N.jsonl and TensorBoard; the first group's to the console."""
+    terms = list(rows[0]["terms"]) if rows else []
+    logger.log_samples(
+        step, rows, table=[{**row["terms"], **row} for row in rows],
+        columns=["group", "reward", "advantage", "length", "truncated", *terms, "target", "completion", "prompt"],
+        console_columns=["reward", "advantage", "length", "truncated", *[t for t in terms if "/" not in t],
+                         "completion"],
+        console_rows=min(group_size, 8),
     )
 
 
@@ -275,8 +363,8 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
     num_groups = batch // cfg.group_size
     minibatch_size = batch // cfg.minibatches
     micro_size = cfg.micro_batch_size or minibatch_size
-    stats = {"loss": [], "kl": [], "clip_low": [], "clip_high": [], "clip_region": [], "entropy": [],
-             "grad_norm": [], "skipped": 0}
+    stats = {"loss": [], "kl": [], "clip_low": [], "clip_high": [], "clip_region": [], "clip_delta": [],
+             "entropy": [], "grad_norm": [], "skipped": 0}
     model.train()
     for epoch in range(cfg.mu):
         # Shuffle whole groups, so every micro-batch keeps its groups intact.
@@ -299,7 +387,7 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
                     logprobs, old, ref_logprobs[rows] if ref_logprobs is not None else None,
                     advantages[rows], loss_mask[rows], norm,
                     eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta, kl_estimator=cfg.kl_estimator,
-                    aggregation=cfg.loss_aggregation, importance_level=cfg.importance_level,
+                    aggregation=cfg.loss_aggregation, importance_level=cfg.importance_level, delta=cfg.delta,
                 )
                 loss.backward()
                 step_loss += loss.item()
@@ -361,7 +449,8 @@ def evaluate(model, tokenizer, reward_fn, examples, cfg, run_dir: Path, step: in
 # --------------------------------------------------------------------------
 # fsdp: a sharded run saves its optimizer state keyed by parameter name, an unsharded one by position.
 RESUME_KEYS = ("model", "lora_r", "task", "data", "source_lang", "target_lang", "prompts_per_step", "group_size",
-               "reward_weights", "encoder", "encoder_pooling", "tau", "custom_reward", "fsdp")
+               "reward_weights", "encoder", "encoder_pooling", "tau", "custom_reward", "fsdp", "custom_rewards",
+               "overlong_buffer")
 
 
 def check_resume_matches(cfg, saved_config: dict, checkpoint: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None:
@@ -369,7 +458,8 @@ def check_resume_matches(cfg, saved_config: dict, checkpoint: Path, keys: tuple[
 
     A key missing from an older checkpoint's config had its default value then.
     """
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cfg)}
     saved = {key: saved_config.get(key, defaults[key]) for key in keys}
     changed = [f"{key}: checkpoint {saved[key]!r}, now {getattr(cfg, key)!r}"
                for key in keys if saved[key] != getattr(cfg, key)]
@@ -402,6 +492,7 @@ def train(cfg: GRPOConfig) -> Path:
     if cfg.fsdp:
         dist.shard_model(model)
     reward_fn = build_reward_from_config(cfg)
+    term_weights = reward_term_weights(reward_fn, cfg)
     train_examples, dev_examples = load_task_examples(cfg, tokenizer)
 
     updates_per_step = cfg.mu * cfg.minibatches
@@ -441,7 +532,8 @@ def train(cfg: GRPOConfig) -> Path:
     if dist.is_main():
         save_config(cfg, run_dir / "config.toml")
     logger = MetricsLogger(run_dir, cfg.max_steps, bar_keys=("reward", "kl", "eval/reward"), enabled=dist.is_main(),
-                           initial_step=start_step, truncate_after=start_step if resume_from else None)
+                           initial_step=start_step, truncate_after=start_step if resume_from else None,
+                           report_to=cfg.report_to)
     logger.message(f"run folder: {run_dir}  |  {len(train_examples)} train / {len(dev_examples)} dev examples"
                    + (f"  |  resumed at step {start_step}" if resume_from else "")
                    + (f"  |  {world_size} processes" if world_size > 1 else "")
@@ -452,32 +544,25 @@ def train(cfg: GRPOConfig) -> Path:
     for step in range(start_step + 1, cfg.max_steps + 1):
         timer = PhaseTimer()
 
-        # 1. Take a batch of prompts (this rank's share of the global batch);
-        #    each completion carries its prompt's example.
-        global_batch = sampler.take(cfg.prompts_per_step * world_size)
-        mine = global_batch[rank * cfg.prompts_per_step : (rank + 1) * cfg.prompts_per_step]
-        batch_examples = [train_examples[i] for i in mine]
-        examples = [e for e in batch_examples for _ in range(cfg.group_size)]
+        # 1-3. Prompts, their rollouts and rewards (`sample_and_score`). With dynamic sampling, groups
+        #      whose rewards are all equal are dropped and more prompts sampled until the batch is full.
+        def sample():
+            return sample_and_score(model, tokenizer, reward_fn, train_examples, sampler, generator, cfg, timer,
+                                    term_weights)
 
-        # 2. Rollouts: G completions per prompt.
-        with timer("generate"), autocast(cfg):
-            model.eval()
-            rollout = sample_groups(model, tokenizer, [e["prompt"] for e in batch_examples], cfg.group_size,
-                                    cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator,
-                                    ignore_eos=cfg.ignore_eos)
-            completions = decode_completions(tokenizer, rollout)
+        scored, sampling_stats = sample(), {}
+        if cfg.filter_zero_std_groups:
+            scored, sampling_stats = fill_with_informative_groups(
+                scored, sample, cfg.prompts_per_step, cfg.group_size, cfg.zero_std_tolerance,
+                cfg.max_extra_sampling_rounds, tokenizer.pad_token_id)
+        rollout, rewards = scored.rollout, scored.rewards
+        reward_components, reward_errors = scored.components, scored.errors
 
-        # 3. Rewards; a sample whose reward fails is marked NaN, too many stop the run.
-        with timer("reward"):
-            prompts = [e["prompt"] for e in examples]
-            reward_values, reward_components, reward_errors = score_with_fallback(reward_fn, prompts, completions,
-                                                                                  examples)
-            check_reward_failures(reward_errors, completions, examples, cfg.max_reward_failures)
-            rewards = torch.as_tensor(reward_values, dtype=torch.float32)
-
-        # 4. Group-relative advantages (a failed reward is left out of its group).
+        # 4. Group-relative advantages (a failed reward is left out of its group), from the rewards
+        #    or, under normalize_then_sum, from the sum of group-normalised terms.
         valid = torch.isfinite(rewards)
-        advantages, zero_std = group_advantages(rewards, cfg.group_size, cfg.scale_rewards, cfg.adv_eps, valid)
+        advantages, zero_std = group_advantages(scored.scores, cfg.group_size, cfg.scale_rewards, cfg.adv_eps,
+                                                valid)
         # Rewards are computed on the CPU; the loss runs where the rollout lives.
         advantages, valid = advantages.to(rollout.completion_ids.device), valid.to(rollout.completion_ids.device)
         loss_mask = rollout.completion_mask * valid.unsqueeze(1)
@@ -521,6 +606,7 @@ def train(cfg: GRPOConfig) -> Path:
             "clip_ratio/low_mean": float(np.mean(update["clip_low"])),
             "clip_ratio/high_mean": float(np.mean(update["clip_high"])),
             "clip_ratio/region_mean": float(np.mean(update["clip_region"])),
+            **({"clip_ratio/delta_mean": float(np.mean(update["clip_delta"]))} if cfg.delta else {}),
             "completions/mean_length": float(lengths.mean()),
             "completions/max_length": float(lengths.max()),
             "completions/clipped_ratio": float(rollout.truncated.float().mean()),
@@ -535,8 +621,12 @@ def train(cfg: GRPOConfig) -> Path:
             # tokens one policy forward pass reads: each group's prompt once (shared pass) or G times
             "tokens/prompt": float(rollout.prompt_mask.sum()) / (cfg.group_size if cfg.share_prompt_pass else 1),
             "tokens/completion": float(lengths.sum()),
+            **sampling_stats,
         }
         logger.log(step, metrics)
+        if cfg.log_completions_every and step % cfg.log_completions_every == 0:
+            rows = dist.gather_lists(completion_rows(scored, advantages, cfg.group_size, step))
+            log_completions(logger, rows, cfg.group_size, step)
 
         # 8. Dev evaluation (rank 0; the others wait at the next barrier, or join in a sharded model's generation).
         if dev_examples and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):

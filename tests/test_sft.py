@@ -240,3 +240,17 @@ def test_grpo_from_sft_checkpoint_uses_it_as_reference(tmp_path, lora_r):
     run_dir = train(grpo_cfg)
     step_one = [row for row in read_metrics(run_dir / "metrics.jsonl") if row["step"] == 1 and "kl" in row][0]
     assert step_one["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sft_logs_to_tensorboard_through_the_same_logger(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = sft_config(tmp_path, max_steps=2, dev_limit=4, eval_every=1, report_to=["tensorboard"])
+    run_dir = train_sft(cfg)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    for tag in ("loss", "eval/loss", "grad_norm"):
+        logged = [(row["step"], row[tag]) for row in rows if tag in row]
+        assert [(e.step, e.value) for e in accumulator.Scalars(tag)] == [(s, pytest.approx(v)) for s, v in logged]
+    assert [e.step for e in accumulator.Scalars("eval/loss")] == [0, 1, 2]

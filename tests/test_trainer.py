@@ -143,3 +143,116 @@ def test_micro_batches_give_the_same_update_as_one_batch(tiny, tmp_path):
         for micro in micro_results:
             for key in whole:
                 assert torch.allclose(whole[key], micro[key], atol=1e-6), key
+
+
+# --------------------------------------------------------------------------- logging, rewards and loss options
+def completion_table(run_dir, step):
+    import json
+
+    return [json.loads(line) for line in open(run_dir / "completions" / f"step-{step:06d}.jsonl", encoding="utf-8")]
+
+
+def test_smoke_with_tensorboard_and_completion_tables_then_plot(tmp_path):
+    """`make smoke ARGS="report_to=[\"tensorboard\"] log_completions_every=1"`, then `python -m grpo.plot`."""
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from test_resume import ROOT, env
+
+    run_dir = tmp_path / "smoke"
+    subprocess.run(["make", "smoke", f'ARGS=report_to=["tensorboard"] log_completions_every=1 out_dir={run_dir}'],
+                   cwd=ROOT, env=env(), check=True, capture_output=True, timeout=600)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    logged = [(row["step"], row["reward"]) for row in rows if "reward" in row]
+    assert [(e.step, e.value) for e in accumulator.Scalars("reward")] == [(s, pytest.approx(v)) for s, v in logged]
+    assert [e.step for e in accumulator.Scalars("eval/reward")] == [0, 2]  # the dev evaluation, same logger
+    assert len(accumulator.Tensors("completions/text_summary")) == 2
+    for step in (1, 2):
+        table = completion_table(run_dir, step)
+        assert len(table) == 2 * 4  # prompts_per_step x group_size of configs/smoke.toml
+        assert set(table[0]) == {"step", "group", "id", "prompt", "target", "completion", "terms", "reward",
+                                 "advantage", "length", "truncated"}
+        assert set(table[0]["terms"]) == {"semantic", "semantic/cosine", "language"}
+        step_row = next(row for row in rows if row["step"] == step and "reward" in row)
+        assert np.mean([r["reward"] for r in table]) == pytest.approx(step_row["reward"], abs=1e-6)
+
+    result = subprocess.run([sys.executable, "-m", "grpo.plot", str(run_dir)], cwd=ROOT, env=env(),
+                            capture_output=True, text=True, check=True)
+    assert result.stdout == f"wrote {run_dir / 'curves.png'}\n"
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_two_custom_rewards_normalised_then_summed(tmp_path):
+    """Each term is logged, and the advantages are GDPO's, recomputed by hand from the logged terms."""
+    weights = {"low_half": 1.0, "ascii": 0.5, "language": 2.0}
+    cfg = tiny_config(tmp_path, max_steps=2, reward_weights=weights, scale_rewards="none", adv_eps=1e-4,
+                      custom_rewards={"low_half": "support_rewards:low_half_share",
+                                      "ascii": "support_rewards:ascii_share"},
+                      reward_normalization="normalize_then_sum", log_completions_every=1)
+    trainer.train(cfg)
+    run_dir = tmp_path / "run"
+    steps = [row for row in read_metrics(run_dir / "metrics.jsonl") if "reward" in row]
+    for step_row in steps:
+        table = completion_table(run_dir, step_row["step"])
+        terms = {name: np.array([row["terms"][name] for row in table]) for name in weights}
+        for name, values in terms.items():
+            assert step_row[f"rewards/{name}/mean"] == pytest.approx(values.mean(), abs=1e-6)
+        total = sum(weight * terms[name] for name, weight in weights.items())
+        assert [row["reward"] for row in table] == pytest.approx(total, abs=1e-6)
+
+        def by_group(values):
+            return values.reshape(-1, cfg.group_size)
+
+        gdpo = sum(weight * (by_group(terms[name]) - by_group(terms[name]).mean(axis=1, keepdims=True))
+                   / (by_group(terms[name]).std(axis=1, ddof=1, keepdims=True) + 1e-4)
+                   for name, weight in weights.items()).flatten()
+        summed_first = (by_group(total) - by_group(total).mean(axis=1, keepdims=True)).flatten()
+        advantages = np.array([row["advantage"] for row in table])
+        assert advantages == pytest.approx(gdpo, abs=1e-4)
+        assert not np.allclose(advantages, summed_first, atol=1e-3)  # what sum_then_normalize would give
+
+
+def test_overlong_penalty_is_a_logged_reward_term(tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=2, max_new_tokens=6, overlong_buffer=4,
+                      reward_weights={"language": 1.0, "overlong": 0.5}, log_completions_every=2)
+    trainer.train(cfg)
+    run_dir = tmp_path / "run"
+    assert not (run_dir / "completions" / "step-000001.jsonl").exists()  # every 2 steps
+    table = completion_table(run_dir, 2)
+    # L_max = 6, L_buf = 4: 0 up to 2 tokens, then -1/4 a token down to -1 at 6
+    expected = [min(0.0, (2 - row["length"]) / 4) for row in table]
+    assert [row["terms"]["overlong"] for row in table] == pytest.approx(expected)
+    assert min(expected) < 0
+    assert [row["reward"] for row in table] == pytest.approx(
+        [row["terms"]["language"] + 0.5 * row["terms"]["overlong"] for row in table])
+    step_two = [row for row in read_metrics(run_dir / "metrics.jsonl") if row["step"] == 2 and "reward" in row][0]
+    assert step_two["rewards/overlong/mean"] == pytest.approx(np.mean(expected))
+
+
+def test_delta_stops_the_gradient_of_tokens_far_above_the_ratio_cap(tiny, tmp_path):
+    # old log-probs 2 below the current ones: rho = e^2 = 7.4 on every token. With every advantage
+    # negative and delta = 3 every token is capped, so the update has no gradient; without delta it has.
+    from grpo.models import load_model
+    from grpo.rollout import sample_groups
+
+    model, tokenizer = load_model("tiny-random-llama")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "one"}], tokenize=False,
+                                           add_generation_prompt=True)
+    rollout = sample_groups(model, tokenizer, [prompt], 4, 6, generator=torch.Generator().manual_seed(0))
+    advantages = -torch.ones(4)
+    results = {}
+    for delta in (0.0, 3.0):
+        cfg = tiny_config(tmp_path, prompts_per_step=1, beta=0.0, delta=delta, max_grad_norm=0.0, mu=2)
+        with torch.no_grad():
+            old_logprobs = trainer.rollout_logprobs(model, rollout, cfg)[0] - 2.0
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # measure the gradient, keep the weights
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        results[delta] = trainer.policy_update(model, optimizer, scheduler, rollout, rollout.completion_mask,
+                                               advantages, old_logprobs, None, cfg)
+    assert min(results[0.0]["grad_norm"]) > 0 and results[0.0]["clip_delta"] == []
+    assert results[3.0]["grad_norm"] == [0.0, 0.0]
+    assert results[3.0]["clip_delta"] == [1.0, 1.0]
