@@ -274,8 +274,14 @@ class Stages:
 
     def report(self, tasks: list[str]) -> None:
         from eval.report import write_report
+        from grpo.plot import plot_runs
 
         write_report(self.results, tasks, TASK_SCORE, CAPABILITY)
+        for task in tasks:  # training curves of the sweep runs still on disk
+            runs = [self.out / run.name for arm in sweep_runs(task, self.plan, self.out).values() for run in arm
+                    if (self.out / run.name / "metrics.jsonl").exists()]
+            if runs:
+                plot_runs(runs, self.results / f"training_curves_{task}.png")
 
 
 STAGE_NAMES = [f"{stage}-{task}" for task in TASKS for stage in ("sweep-sft", "sweep-grpo", "eval")] + \
