@@ -46,11 +46,23 @@ def test_parse_value_falls_back_to_string():
         ("micro_batch_size=4", r"'micro_batch_size' must be a multiple of group_size = 8"),
         ("micro_batch_size=3", r"'micro_batch_size' must divide the minibatch size 16"),
         ("lr", r"not of the form key=value"),
+        ("generation=fast", r"'generation' must be one of eager, static, compiled"),
+        ("gradient_checkpointing=1", r"'gradient_checkpointing' takes a bool"),
     ],
 )
 def test_invalid_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(GRPOConfig, overrides=[override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"generation": "static"}, r"'generation' must be eager with fsdp = true \(the static samplers decode with "
+                               r"one process's whole weights\); got 'static'"),
+    ({"gradient_checkpointing": True}, r"'gradient_checkpointing' must be false with fsdp = true"),
+])
+def test_fsdp_refuses_static_generation_and_gradient_checkpointing(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(GRPOConfig, overrides={"fsdp": True, **override})
 
 
 def test_preset_errors(tmp_path):
