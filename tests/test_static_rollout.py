@@ -81,6 +81,19 @@ def test_rollout_that_ends_before_the_first_check_is_as_wide_as_eager(sharp):
     assert_same_rollout(StaticSampler()(model, tokenizer, prompts[:1], 2, 12, temperature=0.0), eager)
 
 
+def test_smollm2_greedy_completions_equal_eager():
+    # A real model: EOS where the model puts it (after 8 and 15 tokens here; one answer runs past 16),
+    # prompts of different lengths.
+    from grpo.models import load_model
+
+    model, tokenizer = load_model("smollm2-135m")
+    prompts = chat_prompts(tokenizer, ("What is the capital of France? Answer in one word.", "Say hello.",
+                                       "Translate to French: thank you"))
+    eager = sample_groups(model.eval(), tokenizer, prompts, 1, 16, temperature=0.0)
+    assert eager.truncated.tolist() == [False, True, False]
+    assert_same_rollout(StaticSampler()(model, tokenizer, prompts, 1, 16, temperature=0.0), eager)
+
+
 @pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.7, top_p=0.9, top_k=50)])
 def test_sampled_rollout_equals_eager_under_the_same_seed(sharp, settings):
     model, tokenizer, prompts = sharp
