@@ -175,8 +175,9 @@ class StaticSampler:
             cache = StaticCache(config=model.config, max_cache_len=length)
             unsupported = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not StaticLayer})
             if unsupported:
-                raise ModelError(f"generation = static/compiled needs full attention in every layer; this model "
-                                 f"has {', '.join(unsupported)} layers. Use generation = eager")
+                raise ModelError(f"generation = static/compiled needs full attention in every layer, but this "
+                                 f"model's cache has {', '.join(unsupported)} layers (sliding-window attention, as "
+                                 f"in Gemma-3); set generation = eager")
             self.cache, self.cache_key = cache, key
         self.cache.reset()
         group_size = rows // keys.shape[0]

@@ -182,8 +182,9 @@ def test_sliding_window_models_are_refused_with_a_clear_error(tiny):
                               layer_types=["sliding_attention", "full_attention"],
                               pad_token_id=tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(config).eval()
-    with pytest.raises(ModelError, match="needs full attention in every layer; this model has "
-                                         "StaticSlidingWindowLayer layers. Use generation = eager"):
+    with pytest.raises(ModelError, match=r"needs full attention in every layer, but this model's cache has "
+                                         r"StaticSlidingWindowLayer layers \(sliding-window attention, as in "
+                                         r"Gemma-3\); set generation = eager"):
         StaticSampler()(model, tokenizer, chat_prompts(tokenizer)[:1], 2, 4)
 
 
