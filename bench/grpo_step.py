@@ -10,8 +10,10 @@ fraction of a matmul peak measured in the same process.
     python -m bench.grpo_step dtype=bfloat16 steps=6
     python -m bench.grpo_step model=gemma3-270m max_new_tokens=64
 
-Options are GRPOConfig keys plus `steps` (default 5) and `warmup` (steps
-left out of the medians, default 1). Prints one JSON object last.
+Options are GRPOConfig keys plus `steps` (default 5), `warmup` (steps
+left out of the medians, default 1) and `prompt_tokens` (train on prompts cut
+to that many tokens, `cut_prompts`; default 0: the MT prompts as they are).
+Prints one JSON object last.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -93,10 +96,49 @@ def matmul_peak_flops(dtype: torch.dtype = torch.float32, device: str = "cpu", r
 
 
 def count_parameters(model_name: str) -> int:
-    from grpo.models import load_model
+    """Parameters of a model, counted on the meta device (no weights are read: a 4B model would take a minute)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    model, _ = load_model(model_name)
+    from grpo.models import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(model_name))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
+
+
+def cut_prompts(examples: list[dict], tokenizer, prompt_tokens: int) -> list[dict]:
+    """The examples whose prompts have at least `prompt_tokens` tokens, each prompt cut to its last ones.
+
+    For timing at a chosen prompt length: the MT chat prompts have 55 to over
+    1,000 SmolLM2 tokens, and what the shared prompt pass saves grows with
+    the prompt. The cut keeps each prompt's end (the tail of the source text
+    and the assistant turn's header); the text it decodes to may tokenize
+    to a token or two more or fewer.
+    """
+    cut = []
+    for example in examples:
+        ids = tokenizer(example["prompt"], add_special_tokens=False).input_ids
+        if len(ids) >= prompt_tokens:
+            cut.append({**example, "prompt": tokenizer.decode(ids[-prompt_tokens:])})
+    if not cut:
+        raise SystemExit(f"no prompt has {prompt_tokens} tokens to cut to")
+    return cut
+
+
+@contextmanager
+def prompts_cut_to(prompt_tokens: int):
+    """Within the block, `grpo.trainer.train` trains on `cut_prompts` of its examples (0: as they are)."""
+    from grpo import trainer
+
+    load = trainer.load_task_examples
+    if prompt_tokens:
+        trainer.load_task_examples = lambda cfg, tokenizer: (
+            cut_prompts(load(cfg, tokenizer)[0], tokenizer, prompt_tokens), [])
+    try:
+        yield
+    finally:
+        trainer.load_task_examples = load
 
 
 def run(overrides: dict) -> dict:
@@ -107,11 +149,14 @@ def run(overrides: dict) -> dict:
 
     steps = int(overrides.pop("steps", 5))
     warmup = int(overrides.pop("warmup", 1))
-    settings = {**BENCH_DEFAULTS, **overrides, "max_steps": steps, "eval_every": 0, "save_every": 0}
+    prompt_tokens = int(overrides.pop("prompt_tokens", 0))
+    settings = {**BENCH_DEFAULTS, **({"max_prompt_tokens": 0} if prompt_tokens else {}), **overrides,
+                "max_steps": steps, "eval_every": 0, "save_every": 0}
     with tempfile.TemporaryDirectory() as tmp:
         settings.update(out_dir=str(Path(tmp) / "run"), overwrite=True)
         cfg = load_config(GRPOConfig, overrides=settings)
-        train(cfg)
+        with prompts_cut_to(prompt_tokens):
+            train(cfg)
         rows = [r for r in read_metrics(Path(tmp) / "run" / "metrics.jsonl") if "time/step" in r][warmup:]
     peak, peak_gpu = peak_rss_gb(), peak_gpu_gb()
 
@@ -122,15 +167,23 @@ def run(overrides: dict) -> dict:
     bf16 = cfg.mixed_precision == "bf16" or cfg.dtype == "bfloat16"
     dtype = torch.bfloat16 if bf16 else torch.float32
     params = count_parameters(cfg.model)
-    # fwd + bwd ~ 6 * params * tokens read by the update's policy pass
-    update_flops = 6 * params * (median("tokens/prompt") + median("tokens/completion")) * cfg.mu
+    # fwd + bwd ~ 6 * params * tokens read by the update's policy pass; with LoRA
+    # the frozen weights get no gradient, so 4 * params (the adapters' share is negligible).
+    # A checkpointed body's replayed forward is not counted: it is work, not model FLOPs.
+    flops_per_token = (4 if cfg.lora_r else 6) * params
+    update_flops = flops_per_token * (median("tokens/prompt") + median("tokens/completion")) * cfg.mu
     update_seconds = median("time/update")
     peak_flops = matmul_peak_flops(dtype, cfg.device)
     return {
         "implementation": "ours",
         "model": cfg.model, "P": cfg.prompts_per_step, "G": cfg.group_size, "T": cfg.max_new_tokens,
         "beta": cfg.beta, "mu": cfg.mu, "dtype": cfg.dtype, "mixed_precision": cfg.mixed_precision,
+        "lora_r": cfg.lora_r, "generation": cfg.generation, "gradient_checkpointing": cfg.gradient_checkpointing,
+        # tokens/prompt counts each group's prompt once with the shared prompt pass
+        "prompt_tokens_mean": median("tokens/prompt") / cfg.prompts_per_step
+        / (1 if cfg.share_prompt_pass else cfg.group_size),
         "steps_timed": len(rows),
+        "seconds_per_step_each": [r["time/step"] for r in rows],
         "seconds_per_step": median("time/step"),
         "seconds_generate": median("time/generate"),
         "seconds_reward": median("time/reward"),

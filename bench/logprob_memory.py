@@ -18,6 +18,7 @@ above its resident memory just before the pass (Linux VmHWM, reset through
 
     python -m bench.logprob_memory                                   # gemma3-270m, P=2, G=8, T=64
     python -m bench.logprob_memory --model smollm2-135m --no-grad
+    python -m bench.logprob_memory --gradient-checkpointing          # the decoder layers checkpointed too
 
 Variants: `chunked` (our default: chunks of 128 MB of float32 logits,
 128 positions for Gemma-3), `one-chunk` (our pass
@@ -73,15 +74,18 @@ def naive_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_ma
     return logprobs * completion_mask
 
 
-def measure(variant: str, model_name: str, prompts: int, group_size: int, new_tokens: int, grad: bool) -> dict:
+def measure(variant: str, model_name: str, prompts: int, group_size: int, new_tokens: int, grad: bool,
+            gradient_checkpointing: bool = False) -> dict:
     """Run one log-prob pass of `variant` in this process and return its peak memory and time."""
     from grpo.config import GRPOConfig, load_config
-    from grpo.logprobs import auto_chunk_tokens, completion_logprobs
+    from grpo.logprobs import auto_chunk_tokens, checkpoint_decoder_layers, completion_logprobs
     from grpo.models import load_model
     from grpo.trainer import load_task_examples
 
     torch.manual_seed(0)
     model, tokenizer = load_model(model_name)
+    if gradient_checkpointing:
+        checkpoint_decoder_layers(model)
     cfg = load_config(GRPOConfig, overrides={"model": model_name, "data": "data/mt/train.jsonl",
                                              "max_prompt_tokens": 128})
     examples = load_task_examples(cfg, tokenizer)[0][:prompts]
@@ -121,7 +125,8 @@ def measure(variant: str, model_name: str, prompts: int, group_size: int, new_to
         "prompt_tokens": int(prompt_ids.shape[1]), "vocab": int(model.get_output_embeddings().weight.shape[0]),
         "chunk_tokens": auto_chunk_tokens(model.get_output_embeddings().weight.shape[0]) if variant == "chunked"
         else (batch * new_tokens if variant == "one-chunk" else None),
-        "grad": grad, "seconds": seconds, "peak_rise_gb": (peak_kb - before_kb) / 1e6,
+        "grad": grad, "gradient_checkpointing": gradient_checkpointing, "seconds": seconds,
+        "peak_rise_gb": (peak_kb - before_kb) / 1e6,
         "logprob_sum": float(logprobs.detach().sum()),
     }
 
@@ -133,20 +138,23 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8, help="G")
     parser.add_argument("--new-tokens", type=int, default=64, help="T")
     parser.add_argument("--no-grad", action="store_true", help="forward only (the reference pass)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="checkpoint the decoder layers (grpo.logprobs.checkpoint_decoder_layers)")
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant in this process and print its JSON")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     if args.variant:
         print(json.dumps(measure(args.variant, args.model, args.prompts, args.group_size, args.new_tokens,
-                                 not args.no_grad)))
+                                 not args.no_grad, args.gradient_checkpointing)))
         return
 
     results = []
     for variant in VARIANTS:
         options = ["--variant", variant, "--model", args.model, "--prompts", str(args.prompts),
                    "--group-size", str(args.group_size), "--new-tokens", str(args.new_tokens),
-                   *(["--no-grad"] if args.no_grad else [])]
+                   *(["--no-grad"] if args.no_grad else []),
+                   *(["--gradient-checkpointing"] if args.gradient_checkpointing else [])]
         r = run_in_fresh_process("bench.logprob_memory", options, variant)
         results.append(r)
         print(f"{variant:>9}: peak +{r['peak_rise_gb']:.2f} GB, {r['seconds']:.1f} s, "

@@ -11,6 +11,7 @@ is printed:
 
     python -m bench.vs_trl                       # fp32, 2 rounds
     python -m bench.vs_trl --dtype bfloat16 --rounds 3
+    python -m bench.vs_trl --prompt-tokens 16    # prompts cut to their last 16 tokens (also 64, 128)
     python -m bench.vs_trl --impl trl steps=4    # one side only, prints its JSON
 
 Known differences kept as they are (see docs/PERFORMANCE.md): TRL multiplies
@@ -28,6 +29,7 @@ import time
 
 from bench.grpo_step import (
     BENCH_DEFAULTS,
+    cut_prompts,
     peak_gpu_gb,
     peak_rss_gb,
     run_in_fresh_process,
@@ -53,10 +55,15 @@ def run_trl(overrides: dict) -> dict:
 
     settings = trl_settings(overrides)
     steps, warmup = int(settings.pop("steps")), int(settings.pop("warmup"))
+    prompt_tokens = int(settings.pop("prompt_tokens", 0))
+    if prompt_tokens and "max_prompt_tokens" not in overrides:
+        settings["max_prompt_tokens"] = 0  # as on our side: cut every prompt that is long enough
     torch.set_num_threads(int(settings["threads"]))
     cfg = load_config(GRPOConfig, overrides=settings)
     model, tokenizer = load_model(cfg.model, "float32")
     train_examples, _ = load_task_examples(cfg, tokenizer)
+    if prompt_tokens:
+        train_examples = cut_prompts(train_examples, tokenizer, prompt_tokens)
     dataset = Dataset.from_list([{"prompt": e["prompt"], "target": e["target"]} for e in train_examples])
     semantic = EmbeddingCosineReward(USEEncoder())
 
@@ -94,6 +101,8 @@ def run_trl(overrides: dict) -> dict:
     return {
         "implementation": "trl", "model": cfg.model, "P": cfg.prompts_per_step, "G": cfg.group_size,
         "T": cfg.max_new_tokens, "beta": cfg.beta, "mu": cfg.mu, "dtype": cfg.dtype, "steps_timed": len(timed),
+        "prompt_tokens_mean": statistics.mean(len(tokenizer(e["prompt"], add_special_tokens=False).input_ids)
+                                              for e in train_examples),
         "seconds_per_step": seconds,
         "completion_tokens_per_second": batch * cfg.max_new_tokens / seconds,
         "peak_rss_gb": peak_rss_gb(),
@@ -107,12 +116,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating (ours, TRL) pairs")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="bfloat16: autocast with fp32 weights on both sides")
+    parser.add_argument("--prompt-tokens", type=int, default=0,
+                        help="cut every prompt to its last N tokens, leaving out shorter ones (0: as they are)")
     parser.add_argument("--out", help="also write the results as JSON here")
     args, rest = parser.parse_known_args()
     from grpo.config import parse_value
 
     # bf16 on both sides means autocast over fp32 weights and fp32 optimizer state (TRL's bf16=True).
     overrides = [*rest, "mixed_precision=bf16"] if args.dtype == "bfloat16" else rest
+    if args.prompt_tokens:
+        overrides = [*overrides, f"prompt_tokens={args.prompt_tokens}"]
     if args.impl:
         values = {k: parse_value(v) for k, v in (item.split("=", 1) for item in overrides)}
         if args.impl == "ours":

@@ -262,6 +262,9 @@ class GRPOConfig(RunConfig):
     top_p: float = option(0.9, "nucleus sampling mass, in (0, 1]")
     top_k: int = option(0, "top-k sampling (0 = off)")
     ignore_eos: bool = option(False, "sample past EOS so every completion has max_new_tokens tokens (benchmarks)")
+    generation: str = option("eager", "rollout sampler: eager (growing KV cache), static (preallocated KV cache, "
+                                      "fixed shapes), compiled (static with its decode step under torch.compile: "
+                                      "CUDA graphs on a GPU)", ("eager", "static", "compiled"))
 
     reward_weights: dict = option({"semantic": 1.5, "language": 1.0},
                                   "reward terms and weights: semantic, language, bleu, chrf, length, repetition, custom, "
@@ -308,6 +311,9 @@ class GRPOConfig(RunConfig):
     minibatches: int = option(1, "optimizer steps per inner epoch (the batch is split into this many)")
     micro_batch_size: int = option(0, "rows per forward/backward (gradient accumulation); 0 = whole minibatch")
     share_prompt_pass: bool = option(True, "run each group's prompt through the model once in log-prob passes")
+    gradient_checkpointing: bool = option(False, "recompute each decoder layer's activations in the update's "
+                                                 "backward pass instead of storing them (less memory, ~1 more "
+                                                 "forward pass of the body)")
     fsdp: bool = option(False, "shard weights, gradients and optimizer state over the torchrun processes (FSDP2, "
                                "one unit per decoder layer); needs torchrun with 2 or more processes")
     max_reward_failures: float = option(0.25, "share of a step's samples whose reward may fail (NaN or raise) "
@@ -364,6 +370,11 @@ class GRPOConfig(RunConfig):
         check(self.micro_batch_size >= 0, "micro_batch_size", "be >= 0", self.micro_batch_size)
         check(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", "be >= 1", self.eval_max_new_tokens)
         check(0 <= self.max_reward_failures <= 1, "max_reward_failures", "be in [0, 1]", self.max_reward_failures)
+        check(not self.fsdp or self.generation == "eager", "generation",
+              "be eager with fsdp = true (the static samplers decode with one process's whole weights)",
+              self.generation)
+        check(not (self.fsdp and self.gradient_checkpointing), "gradient_checkpointing",
+              "be false with fsdp = true (the combination is not supported yet)", self.gradient_checkpointing)
 
         if self.micro_batch_size:
             check((rows // self.minibatches) % self.micro_batch_size == 0, "micro_batch_size",

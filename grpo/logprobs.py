@@ -6,15 +6,23 @@ and its gradient as much again. We run the transformer body once, then push
 the hidden states through the LM head a chunk of tokens at a time, keeping
 only the log-prob of the sampled token (and, for logging, the entropy). When
 gradients are needed each chunk is checkpointed, so the backward pass
-recomputes that chunk's logits instead of storing them.
+recomputes that chunk's logits instead of storing them. With
+`checkpoint_decoder_layers` the decoder layers are checkpointed too
+(gradient checkpointing of the body), and the backward pass recomputes each
+layer's activations from its input.
 """
 
 from __future__ import annotations
+
+import types
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from grpo.errors import ModelError
 
 DEFAULT_CHUNK_TOKENS = 0           # 0: as many positions as fit in CHUNK_LOGITS_BYTES
 CHUNK_LOGITS_BYTES = 128 * 2**20   # float32 logits of one LM-head chunk
@@ -239,3 +247,69 @@ def completion_logprobs(
     return logprobs_from_hidden(
         hidden, head_weight, completion_ids, completion_mask, temperature, softcap, chunk_tokens, with_entropy
     )
+
+
+def _cache_state(cache) -> tuple[list, list[dict]] | None:
+    """What a layer's forward pass may change in a transformers cache: its list of layers and each one's fields."""
+    if cache is None:
+        return None
+    return list(cache.layers), [dict(vars(layer)) for layer in cache.layers]
+
+
+def _restore_cache_state(cache, state: tuple[list, list[dict]] | None) -> None:
+    if state is None:
+        return
+    layers, fields = state
+    cache.layers[:] = layers
+    for layer, layer_fields in zip(layers, fields):
+        vars(layer).clear()
+        vars(layer).update(layer_fields)
+
+
+def _checkpointed_layer_forward(layer, *args, **kwargs):
+    """The layer's forward under activation checkpointing, when gradients are being recorded.
+
+    The shared prompt pass (`shared_prompt_hidden_states`) needs the cache:
+    the prompt pass writes each layer's keys and values into it and the
+    completion pass reads and extends them. transformers' own gradient
+    checkpointing switches the cache off, so this one keeps it and instead
+    puts the cache back as it was before the layer ran whenever the backward
+    pass replays the layer, so that the replay reads and writes what the
+    first run did. (A transformers cache replaces its tensors rather than
+    writing into them, so the saved references stay valid.)
+    """
+    forward = type(layer).forward
+    if not torch.is_grad_enabled():
+        return forward(layer, *args, **kwargs)
+    cache = kwargs.get("cache")
+    state_before = _cache_state(cache)
+
+    def run(*inputs):
+        _restore_cache_state(cache, state_before)
+        return forward(layer, *inputs, **kwargs)
+
+    return checkpoint(run, *args, use_reentrant=False)
+
+
+def checkpoint_decoder_layers(model) -> int:
+    """Gradient checkpointing of the decoder body: keep each layer's input, recompute the rest in backward.
+
+    The activations a layer stores for backward (attention inputs and
+    outputs, the MLP's wide intermediate) are freed after its forward pass
+    and recomputed from the layer's input during backward: about one more
+    forward pass of the body, for the memory of one layer's activations
+    instead of all of them. It acts only where gradients are recorded (the
+    update's log-prob pass); the no-grad passes run as before. The LM head
+    is chunked and checkpointed on its own (`logprobs_from_hidden`).
+
+    Returns the number of layers; raises ModelError if the model has none
+    that transformers marks as a checkpointable decoder layer.
+    """
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    if not layers:
+        raise ModelError(f"gradient_checkpointing: {type(model).__name__} has no decoder layers to checkpoint "
+                         "(no transformers GradientCheckpointingLayer); set gradient_checkpointing = false")
+    for layer in layers:
+        # Bound to the layer instance (not a closure over it), so a deep copy of the model stays self-contained.
+        layer.forward = types.MethodType(_checkpointed_layer_forward, layer)
+    return len(layers)

@@ -116,17 +116,20 @@ class LoraLinear(nn.Module):
       again would count it twice.
     """
 
-    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.r = r
         self.alpha = alpha
         self.scaling = alpha / r
-        # A and B live where W lives and in its dtype, so the update adds to the
-        # base output without casts or device copies.
+        # A and B live where W lives, in W's dtype unless `dtype` says otherwise:
+        # float32 adapters over a bfloat16 base keep the trained weights and
+        # their optimizer state in full precision.
         weight = base_layer.weight
-        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=weight.device, dtype=weight.dtype)
-        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=weight.device, dtype=weight.dtype)
+        dtype = dtype or weight.dtype
+        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=weight.device, dtype=dtype)
+        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=weight.device, dtype=dtype)
         # With p = 0 an Identity saves the work of building an all-ones mask.
         self.lora_dropout: nn.Module = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
         self.merged = False
@@ -141,8 +144,8 @@ class LoraLinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def lora_update(self, x: torch.Tensor) -> torch.Tensor:
-        """(alpha / r) * B A dropout(x): x [*, in] -> [*, out]."""
-        return self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))
+        """(alpha / r) * B A dropout(x), computed in the adapters' dtype: x [*, in] -> [*, out]."""
+        return self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))))
 
     def delta_weight(self) -> torch.Tensor:
         """The update as a dense matrix, in float32: dW = (alpha / r) * B @ A, [out, in]."""
@@ -156,7 +159,7 @@ class LoraLinear(nn.Module):
         base_output = self.base_layer(x)
         if self.disabled or self.merged:
             return base_output
-        return base_output + self.lora_update(x)
+        return base_output + self.lora_update(x).to(base_output.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -210,13 +213,15 @@ def apply_lora(
     alpha: float = 16,
     dropout: float = 0.0,
     target_modules: Sequence[str] | str = DEFAULT_TARGET_MODULES,
+    dtype: torch.dtype | None = None,
 ) -> list[str]:
     """Wrap each selected `nn.Linear` in a `LoraLinear` and freeze everything else.
 
     After this only the lora_A / lora_B weights require grad. The settings are
     stored as `model.lora_settings` for `save_adapter`. The default targets are
     the attention and MLP projections of Llama-style models; lm_head is left
-    alone. Returns the names of the wrapped modules.
+    alone. `dtype`: the adapters' dtype (default: each wrapped layer's).
+    Returns the names of the wrapped modules.
     """
     settings = LoraSettings(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
     if has_lora(model):
@@ -228,7 +233,7 @@ def apply_lora(
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         base_layer = getattr(parent, child_name)
-        setattr(parent, child_name, LoraLinear(base_layer, settings.r, settings.alpha, settings.dropout))
+        setattr(parent, child_name, LoraLinear(base_layer, settings.r, settings.alpha, settings.dropout, dtype))
     model.lora_settings = settings
     return names
 

@@ -226,12 +226,15 @@ def load_model(
             (keys of `grpo.lora.apply_lora`: r, alpha, dropout, target_modules).
             An adapter folder is merged into its base first, so fresh adapters
             (and the adapter-disabled reference) start from the adapted model.
+            The adapters are float32 whatever `dtype` is: a bfloat16 base then
+            halves the frozen weights' memory while the trained weights and
+            their AdamW state keep full precision.
     """
     from grpo import lora as lora_lib
 
     model = _load_weights(name_or_path, dtype, device)
     if lora:
-        lora_lib.apply_lora(model, **lora)
+        lora_lib.apply_lora(model, **lora, dtype=torch.float32)
     return model, load_tokenizer(name_or_path)
 
 

@@ -54,6 +54,30 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """p = softmax(filter(logits / temperature)) in float32. Shapes: [B, V] -> [B, V]."""
+    return torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+
+
+def exponential_noise(rows: int, vocab: int, device, generator: torch.Generator | None) -> torch.Tensor:
+    """q ~ Exp(1) in float32, independently for each of [rows, vocab] entries: all the randomness of one draw."""
+    return torch.empty(rows, vocab, dtype=torch.float32, device=device).exponential_(1, generator=generator)
+
+
+def draw_tokens(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One token per row with P(v) = p_v:  argmax_v p_v / q_v,  q_v ~ Exp(1) i.i.d.
+
+    q_v / p_v is exponential with rate p_v, and the smallest of independent
+    exponentials is v with probability p_v / sum_u p_u. It is how
+    torch.multinomial draws one sample (same noise, same division, same
+    argmax), so from the same generator state both give the same tokens;
+    with the noise drawn apart, a compiled decode step can take it as an
+    input. Unlike torch.multinomial it does not check that p is a
+    distribution. Shapes: [B, V], [B, V] -> [B] long.
+    """
+    return (probs / noise).argmax(dim=-1)
+
+
 def sample_next_token(
     logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -63,8 +87,7 @@ def sample_next_token(
     """
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = torch.softmax(logits, dim=-1)
+    probs = sampling_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 

@@ -2,7 +2,7 @@
 
     for each step:
         1. take P prompts
-        2. sample G completions for each              (rollout.sample_groups)
+        2. sample G completions for each              (rollout.sample_groups, or static_rollout)
         3. score every completion                     (rewards)
            (dynamic sampling: drop groups without a spread, repeat 1-3 until P are kept)
         4. turn scores into group-relative advantages (advantages.group_advantages)
@@ -34,11 +34,12 @@ from grpo.data import keep_short_prompts, make_examples, read_jsonl, split_path
 from grpo.dynamic_sampling import ScoredBatch, fill_with_informative_groups
 from grpo.errors import ConfigError, DataError
 from grpo.guards import NonFiniteGuard, TooManySkippedSteps, check_reward_failures, score_with_fallback
-from grpo.logprobs import completion_logprobs
+from grpo.logprobs import checkpoint_decoder_layers, completion_logprobs
 from grpo.loss import Normaliser, grpo_loss, masked_mean
 from grpo.metrics import MetricsLogger
 from grpo.models import load_model
-from grpo.rollout import Rollout, decode_completions, greedy_completions, sample_groups
+from grpo.rollout import Rollout, decode_completions, greedy_completions
+from grpo.static_rollout import make_sampler
 from rewards.length import soft_overlong_penalty
 
 
@@ -230,8 +231,8 @@ def reward_term_weights(reward_fn, cfg: GRPOConfig) -> dict[str, float]:
     return weights
 
 
-def sample_and_score(model, tokenizer, reward_fn, train_examples, sampler, generator, cfg: GRPOConfig,
-                     timer, term_weights: dict[str, float]) -> ScoredBatch:
+def sample_and_score(model, tokenizer, reward_fn, train_examples, sampler, rollout_sampler, generator,
+                     cfg: GRPOConfig, timer, term_weights: dict[str, float]) -> ScoredBatch:
     """Steps 1 to 3 of a GRPO step: this rank's P prompts, G completions of each, and their rewards."""
     rank, world_size = dist.rank(), dist.world_size()
     # 1. Take a batch of prompts (this rank's share of the global batch);
@@ -244,9 +245,9 @@ def sample_and_score(model, tokenizer, reward_fn, train_examples, sampler, gener
     # 2. Rollouts: G completions per prompt.
     with timer("generate"), autocast(cfg):
         model.eval()
-        rollout = sample_groups(model, tokenizer, [e["prompt"] for e in batch_examples], cfg.group_size,
-                                cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator,
-                                ignore_eos=cfg.ignore_eos)
+        rollout = rollout_sampler(model, tokenizer, [e["prompt"] for e in batch_examples], cfg.group_size,
+                                  cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator,
+                                  ignore_eos=cfg.ignore_eos)
         completions = decode_completions(tokenizer, rollout)
 
     # 3. Rewards; a sample whose reward fails is marked NaN, too many stop the run.
@@ -485,6 +486,8 @@ def train(cfg: GRPOConfig) -> Path:
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
     torch.manual_seed(cfg.seed + rank)  # from here on each rank draws its own (dropout, minibatch order)
     reference = Reference(model, shard=cfg.fsdp) if cfg.beta > 0 else None
+    if cfg.gradient_checkpointing:
+        checkpoint_decoder_layers(model)
     state = ckpt.load_trainer_state(resume_from) if resume_from is not None else None
     if state is not None:
         check_resume_matches(cfg, state["config"], resume_from)
@@ -500,6 +503,8 @@ def train(cfg: GRPOConfig) -> Path:
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps * updates_per_step, cfg.min_lr_ratio)
     # On the model's device: torch.multinomial on a GPU needs a GPU generator.
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + rank)
+    # Under bf16 autocast the static samplers decode with bf16 copies of the weights, cast once per rollout.
+    rollout_sampler = make_sampler(cfg.generation, torch.bfloat16 if cfg.mixed_precision == "bf16" else None)
     sampler = PromptSampler(len(train_examples), cfg.seed)
     guard = NonFiniteGuard(cfg.max_skipped_steps)
 
@@ -547,8 +552,8 @@ def train(cfg: GRPOConfig) -> Path:
         # 1-3. Prompts, their rollouts and rewards (`sample_and_score`). With dynamic sampling, groups
         #      whose rewards are all equal are dropped and more prompts sampled until the batch is full.
         def sample():
-            return sample_and_score(model, tokenizer, reward_fn, train_examples, sampler, generator, cfg, timer,
-                                    term_weights)
+            return sample_and_score(model, tokenizer, reward_fn, train_examples, sampler, rollout_sampler,
+                                    generator, cfg, timer, term_weights)
 
         scored, sampling_stats = sample(), {}
         if cfg.filter_zero_std_groups:

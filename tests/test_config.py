@@ -101,11 +101,23 @@ def test_help_lists_every_new_option(capsys):
         ("zero_std_tolerance=-1", r"'zero_std_tolerance' must be >= 0"),
         ("max_extra_sampling_rounds=-1", r"'max_extra_sampling_rounds' must be >= 0"),
         ("log_completions_every=-1", r"'log_completions_every' must be >= 0"),
+        ("generation=fast", r"'generation' must be one of eager, static, compiled"),
+        ("gradient_checkpointing=1", r"'gradient_checkpointing' takes a bool"),
     ],
 )
 def test_invalid_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(GRPOConfig, overrides=[override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"generation": "static"}, r"'generation' must be eager with fsdp = true \(the static samplers decode with "
+                               r"one process's whole weights\); got 'static'"),
+    ({"gradient_checkpointing": True}, r"'gradient_checkpointing' must be false with fsdp = true"),
+])
+def test_fsdp_refuses_static_generation_and_gradient_checkpointing(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(GRPOConfig, overrides={"fsdp": True, **override})
 
 
 def test_preset_errors(tmp_path):

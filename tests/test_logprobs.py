@@ -80,3 +80,63 @@ def test_shared_prompt_pass_equals_the_full_pass(tiny):
     assert torch.allclose(shared, full, atol=1e-5)
     for a, b in zip(shared_grads, full_grads):
         assert (a - b).norm() <= 1e-4 * b.norm() + 1e-8
+
+
+def count_calls(module) -> list[int]:
+    """Count calls of `module.forward`; the backward replay of a checkpointed layer calls it again
+    (module hooks are not run during the replay, so a hook would not see it)."""
+    calls = [0]
+    forward = module.forward
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return forward(*args, **kwargs)
+
+    module.forward = counted
+    return calls
+
+
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_gradient_checkpointing_leaves_gradients_equal(fresh_tiny, group_size):
+    # group_size 3: the shared prompt pass, whose cache each replayed layer must find as it was
+    from grpo.logprobs import checkpoint_decoder_layers
+
+    model, _ = fresh_tiny
+    model.train()
+    generator = torch.Generator().manual_seed(3)
+    prompts = torch.randint(3, model.config.vocab_size, (2, 5), generator=generator)
+    prompt_ids = prompts.repeat_interleave(3, 0)
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]).repeat_interleave(3, 0)
+    completion_ids = torch.randint(3, model.config.vocab_size, (6, 4), generator=generator)
+    completion_mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]] * 2)
+    weights = torch.randn(6, 4, generator=generator)  # a loss that weighs tokens differently, like advantages
+    params = list(model.parameters())
+    mlp_calls = count_calls(model.model.layers[0].mlp)
+
+    def gradients():
+        # chunk_tokens=5: the chunked, checkpointed LM head composes with the checkpointed body
+        logprobs, _ = completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                          temperature=0.8, chunk_tokens=5, group_size=group_size)
+        return logprobs, torch.autograd.grad((weights * logprobs).sum(), params)
+
+    plain_logprobs, plain_grads = gradients()
+    passes = mlp_calls[0]
+    assert checkpoint_decoder_layers(model) == 2
+    checkpointed_logprobs, checkpointed_grads = gradients()
+    assert mlp_calls[0] == 3 * passes  # forward as before, then each pass replayed once in backward
+    assert torch.equal(checkpointed_logprobs, plain_logprobs)
+    for checkpointed, plain in zip(checkpointed_grads, plain_grads):
+        assert (checkpointed - plain).norm() <= 1e-6 * plain.norm()
+    # passes without gradients (reference, old log-probs) are not replayed
+    mlp_calls[0] = 0
+    with torch.no_grad():
+        completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size=group_size)
+    assert mlp_calls[0] == passes
+
+
+def test_gradient_checkpointing_needs_decoder_layers():
+    from grpo.errors import ModelError
+    from grpo.logprobs import checkpoint_decoder_layers
+
+    with pytest.raises(ModelError, match="gradient_checkpointing: Linear has no decoder layers to checkpoint"):
+        checkpoint_decoder_layers(torch.nn.Linear(2, 2))

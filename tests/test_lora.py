@@ -360,3 +360,29 @@ def test_adapter_saved_by_peft_loads_with_same_logits(tmp_path):
     assert (settings.r, settings.alpha, set(settings.target_modules)) == (4, 16, set(DEFAULT_TARGET_MODULES))
     torch.testing.assert_close(logits(model), peft_logits, rtol=0, atol=1e-5)
     assert_differs(peft_logits, logits(tiny_llama()))
+
+
+def test_bfloat16_base_from_load_model_trains_float32_adapters():
+    # The frozen base in bf16 halves its memory; A, B, their gradients and AdamW state stay float32.
+    from grpo.models import load_model
+
+    model, _ = load_model("tiny-random-llama", dtype="bfloat16",
+                          lora={"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "down_proj"]})
+    layer = model.model.layers[0].self_attn.q_proj
+    assert layer.base_layer.weight.dtype == torch.bfloat16
+    assert layer.lora_A.weight.dtype == layer.lora_B.weight.dtype == torch.float32
+    with torch.no_grad():
+        layer.lora_B.weight.normal_(generator=torch.Generator().manual_seed(0))
+        x = torch.randn(3, 64, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+        # W x in bf16, plus the update computed in float32 and rounded once
+        update = 2.0 * (x.float() @ layer.lora_A.weight.T @ layer.lora_B.weight.T)
+        expected = nn.functional.linear(x, layer.base_layer.weight) + update.to(torch.bfloat16)
+        assert torch.equal(layer(x), expected)
+
+    optimizer = torch.optim.AdamW(lora_parameters(model), lr=1e-3)
+    loss = model(input_ids=torch.randint(3, 1000, (2, 6))).logits.float().square().mean()  # no autocast needed
+    loss.backward()
+    optimizer.step()
+    adapters = list(lora_parameters(model))
+    assert adapters and all(p.grad.dtype == torch.float32 for p in adapters)
+    assert all(optimizer.state[p]["exp_avg"].dtype == torch.float32 for p in adapters)
