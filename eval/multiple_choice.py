@@ -25,16 +25,19 @@ solved exemplars from the dev split, then the question. Two scorings:
   tasks: the raw sum is a sum of negative terms, so it favours short options
   whatever they say. (lm-eval 0.4.13 divides by len(option), without the
   space, and also reports acc_bytes with UTF-8 bytes; characters count a
-  Chinese option by its characters rather than 3 bytes each.) A small model
-  can do this: it only has to find the right answer likely.
+  Chinese option by its characters rather than 3 bytes each.) The model
+  never has to tie an answer to its letter, which is why the harnesses use
+  this form for small models. Its cost is about the letter scoring's: the
+  prompt is run once and its key/value cache serves the four options.
 * "letter" (MMLU's original formulation): the options are listed after the
   question as "A. ..", .., "D. .." and the prompt ends in "Answer:"; the
   model's choice is the most likely next letter,
 
       prediction = argmax_{L in A..D} log p(" L" | prompt)
 
-  which needs one forward pass per question, but which small models cannot
-  do: they pick a letter they like, not the answer (SmolLM2-135M is at chance).
+  which needs one forward pass per question; a small model may answer
+  with the letter it prefers whatever the question (SmolLM2-135M-Instruct
+  picks "A" for 277 of the 281 questions of data/general/mmlu).
 """
 
 from __future__ import annotations
