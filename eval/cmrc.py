@@ -12,7 +12,8 @@ The model reads the context and the question and writes a short answer
 
 * text is lower-cased and stripped; a Han character (U+4E00-U+9FA5) or one of
   the official punctuation marks is a token of its own, and every other run
-  of characters is split into words;
+  of characters is split into words as `nltk.word_tokenize` splits them,
+  which splits ASCII punctuation off the words ("hello," -> "hello", ",");
 * EM: 1 if the answer equals a gold answer after removing the punctuation marks;
 * F1: with the longest common *substring* (contiguous run of tokens) of
   prediction and gold answer, P = lcs / |prediction|, R = lcs / |gold|,
@@ -20,16 +21,17 @@ The model reads the context and the question and writes a short answer
 * both take the best gold answer; EM and F1 are averaged over questions and
   reported in percent with Avg = (EM + F1) / 2, the paper's "CMRC Avg".
 
-One deliberate difference: the official script splits non-Han runs with
-`nltk.word_tokenize`, which needs NLTK's downloaded tokenizer data; we split
-them on whitespace. The two agree on the answers CMRC holds (names, numbers,
-Latin words) and differ only when English punctuation such as "," or "'s" is
-glued to a word, which the official list of punctuation mostly removes anyway.
+The official list of punctuation marks removes only what it lists: a "," or
+"." split off an English word stays a token, so "Hello, world." scores
+F1 = 1/3 against "Hello world" (P = 1/4, R = 1/2), as in the official script.
+`split_words` reproduces word_tokenize without NLTK (and without the
+tokenizer data it downloads); see there for the few cases it leaves out.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,22 +63,55 @@ def is_han(char: str) -> bool:
     return "\u4e00" <= char <= "\u9fa5"
 
 
+# nltk.word_tokenize's splits of ASCII punctuation (its Treebank rules), in its order. The text is
+# lower-cased and padded with a space at both ends; marks of CMRC_PUNCTUATION never get here.
+WORD_SPLITS = (
+    (re.compile(r'(?<=[\s(\[{<])"'), " `` "),                  # an opening double quote becomes ``
+    (re.compile(r'([^.])\.([\])}>"\']*)\s*$'), r"\1 . \2 "),     # the period that ends the text
+    (re.compile(r"([:,])(?=\D)"), r" \1 "),                     # commas, but not inside "1,000"
+    (re.compile(r"\.{2,}|[;@#$%&?!*\[\](){}<>]"), r" \g<0> "),   # "...", symbols, brackets
+    (re.compile(r"([^'])' "), r"\1 ' "),                         # a closing single quote
+    (re.compile(r'"'), " '' "),                                  # every other double quote becomes ''
+    (re.compile(r"([^' ])('s|'m|'d|'ll|'re|'ve|n't|') "), r"\1 \2 "),  # clitics: "china's" -> "china", "'s"
+)
+
+
+def split_words(run: str) -> list[str]:
+    """A non-Han run split into words as `nltk.word_tokenize` splits lower-cased text.
+
+        "hello, world."  -> ["hello", ",", "world", "."]
+        "1,000.5 km"     -> ["1,000.5", "km"]
+        "china's (prc)"  -> ["china", "'s", "(", "prc", ")"]
+
+    Not reproduced, as CMRC's answers are spans of Chinese text with Latin
+    names, numbers and short phrases: the Punkt sentence split that runs
+    first (a period ending an English sentence in the middle of a run stays
+    on its word; only the run's last one is split off) and the rare English
+    contractions ("cannot" -> "can", "not"; "gonna"; "'tis").
+    """
+    text = f" {run} "
+    for pattern, replacement in WORD_SPLITS:
+        text = pattern.sub(replacement, text)
+    return text.split()
+
+
 def mixed_segmentation(text: str, remove_punctuation: bool = False) -> list[str]:
     """Official CMRC tokens: each Han character or punctuation mark alone, other runs split into words.
 
     "iPhone 5s是手机。" -> ["iphone", "5s", "是", "手", "机", "。"]
+    "Hello, world."   -> ["hello", ",", "world", "."]     (`split_words`)
     """
     tokens, run = [], ""
     for char in text.lower().strip():
         if remove_punctuation and char in CMRC_PUNCTUATION:
             continue
         if is_han(char) or char in CMRC_PUNCTUATION:
-            tokens.extend(run.split())
+            tokens.extend(split_words(run))
             run = ""
             tokens.append(char)
         else:
             run += char
-    tokens.extend(run.split())
+    tokens.extend(split_words(run))
     return tokens
 
 

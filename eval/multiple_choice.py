@@ -1,4 +1,4 @@
-"""Multiple-choice benchmarks (MMLU, C-Eval, CMMLU) scored by the likelihood of the option letter.
+"""Multiple-choice benchmarks (MMLU, C-Eval, CMMLU) scored by likelihood, without generation.
 
 Data: a local folder of CSV files, one per subject, with the columns
 question, A, B, C, D, answer (case-insensitive; extra columns such as C-Eval's
@@ -10,14 +10,34 @@ of the three benchmarks' releases are all found:
     folder/<split>/<subject>.csv            CMMLU
     folder/<subject>_<split>.csv            everything in one folder
 
-The prompt is the MMLU one (a header naming the subject, k solved exemplars
-from the dev split, then the question) and ends in "Answer:". The model's
-choice is the letter whose token is most likely next:
+Every prompt starts with the MMLU header line naming the subject, then k
+solved exemplars from the dev split, then the question. Two scorings:
 
-    prediction = argmax_{L in A..D} log p(" L" | prompt)
+* "answer" (the default; lm-eval's "cloze" formulation, OLMES's "CF"): the
+  options are not shown. The prompt is "Question: <question>\\nAnswer:" and
+  each option is scored as the continuation c = " <option text>":
 
-which needs one forward pass per question and no generation, and cannot be
-thrown off by a model that answers in prose.
+      raw(c)  = sum_{t=1..T} log p(c_t | prompt, c_<t)       T = tokens of c
+      norm(c) = raw(c) / len(c)                              len = characters of c, leading space included
+
+  Both choices are reported (accuracy_raw, accuracy_norm); the headline
+  `accuracy` is the normalised one, as lm-eval's acc_norm is for cloze
+  tasks: the raw sum is a sum of negative terms, so it favours short options
+  whatever they say. (lm-eval 0.4.13 divides by len(option), without the
+  space, and also reports acc_bytes with UTF-8 bytes; characters count a
+  Chinese option by its characters rather than 3 bytes each.) The model
+  never has to tie an answer to its letter, which is why the harnesses use
+  this form for small models. Its cost is about the letter scoring's: the
+  prompt is run once and its key/value cache serves the four options.
+* "letter" (MMLU's original formulation): the options are listed after the
+  question as "A. ..", .., "D. .." and the prompt ends in "Answer:"; the
+  model's choice is the most likely next letter,
+
+      prediction = argmax_{L in A..D} log p(" L" | prompt)
+
+  which needs one forward pass per question; a small model may answer
+  with the letter it prefers whatever the question (SmolLM2-135M-Instruct
+  picks "A" for 277 of the 281 questions of data/general/mmlu).
 """
 
 from __future__ import annotations
@@ -32,7 +52,7 @@ from tqdm.auto import tqdm
 
 from grpo.data import render_prompt
 from grpo.errors import DataError, ModelError
-from grpo.logprobs import logprobs_from_hidden, position_ids_from_mask
+from grpo.logprobs import completion_logprobs, logprobs_from_hidden, position_ids_from_mask
 
 LETTERS = ("A", "B", "C", "D")
 COLUMNS = ("question", "a", "b", "c", "d", "answer")
@@ -43,6 +63,8 @@ HEADERS = {
     "zh": "以下是关于{subject}的单项选择题，请直接给出正确答案的选项。",
 }
 DEFAULT_BATCH_SIZE = 8
+SCORINGS = ("answer", "letter")
+DEFAULT_SCORING = "answer"
 
 
 @dataclass(frozen=True)
@@ -129,23 +151,41 @@ def interleave_subjects(questions_by_subject: dict[str, list[MCQuestion]], limit
 
 
 # --------------------------------------------------------------------------
-# Prompts and scoring
+# Prompts
 # --------------------------------------------------------------------------
 def format_question(question: MCQuestion, with_answer: bool) -> str:
-    """'<question>\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:' and, for an exemplar, ' <letter>\\n\\n'."""
+    """Letter scoring: '<question>\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:' and, for an exemplar, ' <letter>\\n\\n'."""
     lines = [question.question] + [f"{letter}. {option}" for letter, option in zip(LETTERS, question.options)]
     text = "\n".join(lines) + "\nAnswer:"
     return text + f" {question.answer}\n\n" if with_answer else text
 
 
-def build_prompt(question: MCQuestion, exemplars: list[MCQuestion], language: str = "en") -> str:
+def format_cloze_question(question: MCQuestion, with_answer: bool) -> str:
+    """Answer scoring: 'Question: <question>\\nAnswer:' (no options) and, for an exemplar, ' <answer text>\\n\\n'."""
+    text = f"Question: {question.question}\nAnswer:"
+    return text + answer_continuation(question.options[LETTERS.index(question.answer)]) + "\n\n" if with_answer else text
+
+
+def answer_continuation(option: str) -> str:
+    """The text scored for an option under answer scoring: the option after one space."""
+    return " " + option
+
+
+def build_prompt(question: MCQuestion, exemplars: list[MCQuestion], language: str = "en",
+                 scoring: str = DEFAULT_SCORING) -> str:
     """Header, the solved exemplars, then the question, ending in 'Answer:' (plain text, no special tokens)."""
     if language not in HEADERS:
         raise DataError(f"multiple-choice language must be one of {sorted(HEADERS)}, got {language!r}")
+    if scoring not in SCORINGS:
+        raise DataError(f"multiple-choice scoring must be one of {SCORINGS}, got {scoring!r}")
+    form = format_cloze_question if scoring == "answer" else format_question
     header = HEADERS[language].format(subject=question.subject.replace("_", " ")) + "\n\n"
-    return header + "".join(format_question(e, with_answer=True) for e in exemplars) + format_question(question, False)
+    return header + "".join(form(e, with_answer=True) for e in exemplars) + form(question, False)
 
 
+# --------------------------------------------------------------------------
+# Letter scoring
+# --------------------------------------------------------------------------
 def first_token_ids(tokenizer, words: list[str]) -> list[int]:
     """The first token of each word as the tokenizer writes it; ModelError if two words share it."""
     ids = [tokenizer(word, add_special_tokens=False).input_ids[0] for word in words]
@@ -178,6 +218,118 @@ def next_token_logprobs(model, tokenizer, prompts: list[str], candidate_ids: lis
     return logprobs
 
 
+def score_letters(model, tokenizer, questions: list[MCQuestion], prompts: list[str], batch_size: int,
+                  progress: bool = True, desc: str = "mc") -> list[dict]:
+    """Rows {"subject", "question", "answer", "predicted", "correct", "logprobs"}: the most likely next letter."""
+    letter_ids = first_token_ids(tokenizer, [f" {letter}" for letter in LETTERS])
+    rows = []
+    for start in tqdm(range(0, len(questions), batch_size), desc=desc, disable=not progress, leave=False):
+        logprobs = next_token_logprobs(model, tokenizer, prompts[start : start + batch_size], letter_ids).cpu()
+        for question, scores in zip(questions[start : start + batch_size], logprobs):
+            predicted = LETTERS[int(scores.argmax())]
+            rows.append({
+                "subject": question.subject, "question": question.question, "answer": question.answer,
+                "predicted": predicted, "correct": predicted == question.answer,
+                "logprobs": [round(float(s), 4) for s in scores],
+            })
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Answer scoring
+# --------------------------------------------------------------------------
+def prompt_and_continuation_ids(tokenizer, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt, and of the continuation as the tokenizer writes it after that prompt.
+
+    The continuation's tokens are those of tokenize(prompt + continuation)
+    after the prompt's own tokens, so the option is scored in the tokens the
+    model would read it in. That needs the prompt's tokens to be a prefix of
+    the whole string's, which a merge across the boundary would break: then
+    it is a ModelError rather than a silently wrong score.
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    full_ids = tokenizer(prompt + continuation, add_special_tokens=False).input_ids
+    if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
+        raise ModelError(
+            f"the tokenizer merges the end of the prompt ...{prompt[-20:]!r} with the option {continuation!r}, "
+            "so the option's tokens cannot be scored apart from the prompt; use scoring = \"letter\""
+        )
+    return prompt_ids, full_ids[len(prompt_ids):]
+
+
+@torch.no_grad()
+def continuation_logprob_sums(model, tokenizer, prompt_ids: list[list[int]],
+                              continuation_ids: list[list[list[int]]]) -> torch.Tensor:
+    """raw = sum_t log p(c_t | prompt, c_<t) of every continuation: P prompts, K continuations each -> [P, K].
+
+    Each prompt goes through the model once and its key/value cache serves
+    its K continuations (`completion_logprobs` with group_size = K), so a
+    question costs its prompt once plus its options' tokens. Prompts are
+    left-padded, continuations right-padded; float32.
+    """
+    device = next(model.parameters()).device
+    n_prompts, n_continuations = len(prompt_ids), len(continuation_ids[0])
+    prompts = {"input_ids": [ids for ids in prompt_ids for _ in range(n_continuations)]}          # P*K rows
+    continuations = {"input_ids": [ids for group in continuation_ids for ids in group]}
+    prompt_batch = tokenizer.pad(prompts, padding_side="left", return_tensors="pt")
+    continuation_batch = tokenizer.pad(continuations, padding_side="right", return_tensors="pt")
+    continuation_mask = continuation_batch["attention_mask"].to(device).float()                  # [P*K, Lc]
+    logprobs, _ = completion_logprobs(
+        model, prompt_batch["input_ids"].to(device), prompt_batch["attention_mask"].to(device),
+        continuation_batch["input_ids"].to(device), continuation_mask, group_size=n_continuations,
+    )                                                                                             # [P*K, Lc]
+    return (logprobs * continuation_mask).sum(dim=1).view(n_prompts, n_continuations).cpu()
+
+
+def per_character(raw: torch.Tensor, n_characters: torch.Tensor) -> torch.Tensor:
+    """norm = raw / len(continuation) in characters: [N, K], [N, K] -> [N, K]."""
+    return raw / n_characters
+
+
+def choices(scores: torch.Tensor) -> list[str]:
+    """The letter of each row's highest score (the first one on a tie): [N, K] -> N letters."""
+    return [LETTERS[int(index)] for index in scores.argmax(dim=1)]
+
+
+def score_answers(model, tokenizer, questions: list[MCQuestion], prompts: list[str], batch_size: int,
+                  progress: bool = True, desc: str = "mc") -> list[dict]:
+    """One row per question: its answer, the raw and normalised score of each option and both choices.
+
+    Rows {"subject", "question", "answer", "predicted" (normalised choice),
+    "correct", "predicted_raw", "predicted_norm", "logprob_raw" [4],
+    "logprob_norm" [4], "prompt_tokens", "option_tokens" [4]}. Questions are
+    batched in order of prompt length, so a batch pads little, and the rows
+    come back in question order.
+    """
+    encoded = []
+    for question, prompt in zip(questions, prompts):
+        pairs = [prompt_and_continuation_ids(tokenizer, prompt, answer_continuation(o)) for o in question.options]
+        encoded.append((pairs[0][0], [continuation for _, continuation in pairs]))
+    order = sorted(range(len(questions)), key=lambda index: len(encoded[index][0]))
+    rows: list[dict | None] = [None] * len(questions)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = order[start : start + batch_size]
+        raw = continuation_logprob_sums(model, tokenizer, [encoded[i][0] for i in batch],
+                                        [encoded[i][1] for i in batch])                           # [B, 4]
+        n_characters = torch.tensor([[len(answer_continuation(o)) for o in questions[i].options] for i in batch],
+                                    dtype=torch.float32)
+        norm = per_character(raw, n_characters)
+        for index, raw_row, norm_row, by_raw, by_norm in zip(batch, raw, norm, choices(raw), choices(norm)):
+            question = questions[index]
+            rows[index] = {
+                "subject": question.subject, "question": question.question, "answer": question.answer,
+                "predicted": by_norm, "correct": by_norm == question.answer,
+                "predicted_raw": by_raw, "predicted_norm": by_norm,
+                "logprob_raw": [round(float(s), 4) for s in raw_row],
+                "logprob_norm": [round(float(s), 5) for s in norm_row],
+                "prompt_tokens": len(encoded[index][0]), "option_tokens": [len(ids) for ids in encoded[index][1]],
+            }
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------
 def accuracy(predicted: list[str], answers: list[str]) -> float:
     """Percent of questions whose predicted letter is the answer: 100 * (1/N) sum_i 1[pred_i == ans_i]."""
     return 100.0 * sum(p == a for p, a in zip(predicted, answers)) / len(answers)
@@ -193,15 +345,20 @@ def evaluate_multiple_choice(
     max_examples: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
+    scoring: str = DEFAULT_SCORING,
 ) -> tuple[dict[str, float], list[dict]]:
     """Accuracy (percent) on a benchmark folder, and one row per question.
 
     k_shot > 0 prepends the first k questions of the subject's dev split.
     max_examples > 0 keeps that many questions, spread over the subjects.
-    Returns ({"n", "accuracy"}, rows {"subject", "question", "answer", "predicted", "logprobs"}).
+    Returns scores and rows: for "answer" scoring {"n", "accuracy" (= accuracy_norm),
+    "accuracy_raw", "accuracy_norm"} and the rows of `score_answers`; for
+    "letter" scoring {"n", "accuracy"} and the rows of `score_letters`.
     """
     if split not in SPLITS:
         raise DataError(f"multiple-choice split must be one of {SPLITS}, got {split!r}")
+    if scoring not in SCORINGS:
+        raise DataError(f"multiple-choice scoring must be one of {SCORINGS}, got {scoring!r}")
     questions = interleave_subjects(load_split(folder, split), max_examples)
     exemplars = load_split(folder, "dev") if k_shot > 0 else {}
     missing = sorted({q.subject for q in questions} - set(exemplars)) if k_shot > 0 else []
@@ -209,19 +366,14 @@ def evaluate_multiple_choice(
         raise DataError(f"k_shot={k_shot} needs dev questions for the subjects {missing[:5]} in '{folder}'")
     prompts = [
         render_prompt(tokenizer, text, text, "plain")  # adds BOS where the model expects it
-        for text in (build_prompt(q, exemplars.get(q.subject, [])[:k_shot], language) for q in questions)
+        for text in (build_prompt(q, exemplars.get(q.subject, [])[:k_shot], language, scoring) for q in questions)
     ]
-    letter_ids = first_token_ids(tokenizer, [f" {letter}" for letter in LETTERS])
-
-    rows = []
     model.eval()
-    for start in tqdm(range(0, len(questions), batch_size), desc=f"{Path(folder).name}", disable=not progress,
-                      leave=False):
-        logprobs = next_token_logprobs(model, tokenizer, prompts[start : start + batch_size], letter_ids).cpu()
-        for question, scores in zip(questions[start : start + batch_size], logprobs):
-            rows.append({
-                "subject": question.subject, "question": question.question, "answer": question.answer,
-                "predicted": LETTERS[int(scores.argmax())], "logprobs": [round(float(s), 4) for s in scores],
-            })
-    scores = {"n": len(rows), "accuracy": accuracy([r["predicted"] for r in rows], [r["answer"] for r in rows])}
+    score = score_answers if scoring == "answer" else score_letters
+    rows = score(model, tokenizer, questions, prompts, batch_size, progress, desc=Path(folder).name)
+    answers = [row["answer"] for row in rows]
+    scores = {"n": len(rows), "accuracy": accuracy([row["predicted"] for row in rows], answers)}
+    if scoring == "answer":
+        scores["accuracy_raw"] = accuracy([row["predicted_raw"] for row in rows], answers)
+        scores["accuracy_norm"] = accuracy([row["predicted_norm"] for row in rows], answers)
     return scores, rows

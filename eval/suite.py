@@ -11,6 +11,7 @@ probe and its `kind` says what it is:
     kind = "multiple_choice"
     folder = "data/general/mmlu"
     split = "dev"
+    scoring = "answer"            # likelihood of each option's text; "letter": of the letters A-D
 
     [cmrc]                        # CMRC 2018 reading comprehension
     kind = "cmrc"
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from eval.cmrc import DEFAULT_MAX_NEW_TOKENS, evaluate_cmrc
 from eval.drift import DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_TOKENS, DriftResult, load_drift_texts, measure_drift
-from eval.multiple_choice import HEADERS, SPLITS, evaluate_multiple_choice
+from eval.multiple_choice import DEFAULT_SCORING, HEADERS, SCORINGS, SPLITS, evaluate_multiple_choice
 from grpo.config import check, load_config, option, read_toml
 from grpo.errors import ConfigError
 
@@ -72,11 +73,18 @@ class MultipleChoiceProbe:
     split: str = option("dev", "which split is scored", SPLITS)
     k_shot: int = option(0, "solved exemplars from the dev split before each question")
     language: str = option("en", "language of the prompt's header line", tuple(HEADERS))
+    scoring: str = option(DEFAULT_SCORING, "answer: log-likelihood of each option's text per character "
+                          "(options not shown); letter: of the option letter after the listed options", SCORINGS)
     max_examples: int = option(0, "score this many questions, spread over the subjects (0 = all)")
     batch_size: int = option(8, "questions per forward pass")
     optional: bool = option(False, "skip the probe with a note when its data is missing, instead of stopping")
 
     score_key = "accuracy"
+
+    @property
+    def report_keys(self) -> tuple[str, ...]:
+        """The scores of the report's table, in its column order."""
+        return ("n", "accuracy", "accuracy_raw", "accuracy_norm") if self.scoring == "answer" else ("n", "accuracy")
 
     @property
     def data_path(self) -> Path:
@@ -89,7 +97,7 @@ class MultipleChoiceProbe:
 
     def run(self, model, tokenizer, progress: bool = True) -> tuple[dict, list[dict]]:
         return evaluate_multiple_choice(model, tokenizer, self.folder, self.split, self.k_shot, self.language,
-                                        self.max_examples, self.batch_size, progress)
+                                        self.max_examples, self.batch_size, progress, self.scoring)
 
 
 @dataclass
@@ -104,6 +112,7 @@ class CMRCProbe:
     optional: bool = option(False, "skip the probe with a note when its data is missing, instead of stopping")
 
     score_key = "avg"
+    report_keys = ("n", "em", "f1", "avg")
 
     @property
     def data_path(self) -> Path:

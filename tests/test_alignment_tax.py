@@ -17,7 +17,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_suite(path: Path, extra: str = "", mc_folder: Path = FIXTURES / "mmlu_flat", k_shot: int = 1) -> Path:
+def write_suite(path: Path, extra: str = "", mc_folder: Path = FIXTURES / "mmlu_flat", k_shot: int = 1,
+                scoring: str = "answer") -> Path:
     path.write_text(f"""
 [drift]
 kind = "drift"
@@ -29,6 +30,7 @@ kind = "multiple_choice"
 folder = "{mc_folder}"
 split = "test"
 k_shot = {k_shot}
+scoring = "{scoring}"
 
 [cmrc]
 kind = "cmrc"
@@ -59,6 +61,9 @@ def test_default_suite_parses():
     assert {name: table["kind"] for name, table in tables.items()} == {
         "drift": "drift", "mmlu": "multiple_choice", "cmrc": "cmrc"}
     assert tables["cmrc"]["optional"] is True
+    assert tables["mmlu"]["scoring"] == "answer"
+    assert "max_examples" not in tables["cmrc"]      # the whole CMRC file is scored
+    assert CMRCProbe().max_examples == 0 and MultipleChoiceProbe().scoring == "answer"
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -66,6 +71,7 @@ def test_default_suite_parses():
     ('[bad]\nkind = "essay"\n', r"\[bad\] needs kind = one of"),
     ('[bad]\nkind = "multiple_choice"\nfolder = "/no/such/folder"\n', r"probe \[bad\].*does not exist.*optional"),
     ('[bad]\nkind = "multiple_choice"\nsplit = "train"\n', r"\[bad\].*'split' must be one of"),
+    ('[bad]\nkind = "multiple_choice"\nscoring = "cloze"\n', r"\[bad\].*'scoring' must be one of"),
 ])
 def test_suite_mistakes_are_config_errors(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
@@ -102,7 +108,7 @@ def perturbed_run(tmp_path_factory):
 
 
 def questions_the_base_gets_right(folder: Path, tiny) -> Path:
-    """The fixture's MMLU questions with each answer set to the base model's choice: base accuracy is 100."""
+    """The fixture's MMLU questions with each answer set to the base model's letter: base accuracy is 100."""
     model, tokenizer = tiny
     questions = read_subject_csv(FIXTURES / "mmlu_flat" / "astronomy_test.csv", "astronomy")
     (folder / "test").mkdir(parents=True)
@@ -114,14 +120,15 @@ def questions_the_base_gets_right(folder: Path, tiny) -> Path:
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     write(["A"] * len(questions))
-    _, rows = evaluate_multiple_choice(model, tokenizer, folder, split="test", progress=False)
+    _, rows = evaluate_multiple_choice(model, tokenizer, folder, split="test", progress=False, scoring="letter")
     write([row["predicted"] for row in rows])
     return folder
 
 
 def test_end_to_end_tax_is_base_minus_tuned(tmp_path, tiny, perturbed_run, capsys):
     mc_folder = questions_the_base_gets_right(tmp_path / "mc", tiny)
-    suite = write_suite(tmp_path / "suite.toml", mc_folder=mc_folder, k_shot=0)
+    # Letter scoring: the perturbed model's letter preferences move, its choices of answer text do not here.
+    suite = write_suite(tmp_path / "suite.toml", mc_folder=mc_folder, k_shot=0, scoring="letter")
     out = tmp_path / "out"
     code = main(["--base", "tiny-random-llama", "--tuned", str(perturbed_run), "tiny-random-llama",
                  "--suite", str(suite), "--out", str(out), "--quiet"])
@@ -160,3 +167,30 @@ def test_user_errors_exit_with_a_message(tmp_path, capsys):
                  "--out", str(tmp_path / "out")])
     assert code == 2
     assert "suite file" in capsys.readouterr().err
+
+
+def test_base_model_alone_gets_every_score_and_no_tax(tmp_path, capsys):
+    suite = write_suite(tmp_path / "suite.toml")
+    out = tmp_path / "out"
+    assert main(["--base", "tiny-random-llama", "--suite", str(suite), "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "alignment_tax.json").read_text(encoding="utf-8"))
+    assert report["tuned"] == []
+    mmlu, cmrc = report["base"]["scores"]["mmlu"], report["base"]["scores"]["cmrc"]
+    assert set(mmlu) == {"n", "accuracy", "accuracy_raw", "accuracy_norm"} and mmlu["n"] == 3
+    assert report["base"]["headline"]["cmrc"] == cmrc["avg"] == pytest.approx((cmrc["em"] + cmrc["f1"]) / 2)
+    table = (out / "alignment_tax.md").read_text(encoding="utf-8")
+    assert "## Alignment tax" not in table and "## Drift from the base" not in table
+    assert "| model | n | em | f1 | avg |" in table
+    assert f"| base: tiny-random-llama | 3 | {cmrc['em']:.2f} | {cmrc['f1']:.2f} | {cmrc['avg']:.2f} |" in table
+    assert (f"| base: tiny-random-llama | 3 | {mmlu['accuracy']:.2f} | {mmlu['accuracy_raw']:.2f} | "
+            f"{mmlu['accuracy_norm']:.2f} |") in table
+    assert "Drift probes `drift` not run" in table
+    assert not list(out.glob("*.npz")) and not list(out.glob("*.png"))
+
+
+def test_help_says_how_to_supply_cmrc(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "cmrc2018_dev.json" in printed and "[cmrc] table of the suite" in printed
+    assert "Without `--tuned` only the base model's scores are measured" in printed

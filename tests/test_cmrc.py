@@ -14,6 +14,7 @@ from eval.cmrc import (
     longest_common_substring_length,
     mixed_segmentation,
     score_cmrc,
+    split_words,
     strip_punctuation,
 )
 from grpo.errors import DataError
@@ -26,6 +27,31 @@ def test_mixed_segmentation_splits_han_keeps_other_runs():
         "iphone", "5s", "是", "苹", "果", "的", "手", "机", "。"]
     assert mixed_segmentation("《红楼梦》", remove_punctuation=True) == ["红", "楼", "梦"]
     assert mixed_segmentation("约3650米") == ["约", "3650", "米"]
+
+
+def test_split_words_splits_ascii_punctuation_as_word_tokenize():
+    assert split_words("hello, world.") == ["hello", ",", "world", "."]
+    assert split_words(" 1,000.5 km ") == ["1,000.5", "km"]          # commas and points inside numbers stay
+    assert split_words("china's (prc)") == ["china", "'s", "(", "prc", ")"]
+    assert split_words("don't stop") == ["do", "n't", "stop"]
+    assert split_words('he said "hi."') == ["he", "said", "``", "hi", ".", "''"]
+    assert split_words("u.s. army") == ["u.s.", "army"]               # only the run's last period is split off
+    assert split_words("50%; $3?!") == ["50", "%", ";", "$", "3", "?", "!"]
+    assert mixed_segmentation("NBA的MVP, 2016年.", remove_punctuation=True) == [
+        "nba", "的", "mvp", ",", "2016", "年", "."]
+
+
+def test_english_punctuation_scored_as_the_official_script():
+    # gold ["hello", "world"]; "Hello, world." -> ["hello", ",", "world", "."]: the longest common run is
+    # one word, P = 1/4, R = 1/2, F1 = 2 * (1/8) / (3/4) = 1/3. EM compares "hello, world." with "hello world".
+    assert f1_score(["Hello world"], "Hello, world.") == pytest.approx(1 / 3)
+    assert exact_match(["Hello world"], "Hello, world.") == 0.0
+    # "Hello world." -> ["hello", "world", "."]: lcs 2, P = 2/3, R = 1, F1 = 0.8.
+    assert f1_score(["Hello world"], "Hello world.") == pytest.approx(0.8)
+    # "Hello, world" -> ["hello", ",", "world"]: lcs 1, P = 1/3, R = 1/2, F1 = 0.4.
+    assert f1_score(["Hello world"], "Hello, world") == pytest.approx(0.4)
+    # Marks of the official list are removed before splitting: "Hello-world" -> "helloworld" is one word.
+    assert f1_score(["helloworld"], "Hello-world") == 1.0 and exact_match(["helloworld"], "Hello-world") == 1.0
 
 
 def test_strip_punctuation_uses_the_official_list():

@@ -1,5 +1,5 @@
-"""Multiple-choice CSV layouts of MMLU, C-Eval and CMMLU, the prompt, the letter scoring, and the
-MMLU questions extracted from lm-eval's Flan CoT prompts by data/build_general.py."""
+"""Multiple-choice CSV layouts of MMLU, C-Eval and CMMLU, the prompts, the answer and letter scorings, and
+the MMLU questions extracted from lm-eval's Flan CoT prompts by data/build_general.py."""
 
 import json
 from pathlib import Path
@@ -11,15 +11,18 @@ from eval.multiple_choice import (
     MCQuestion,
     accuracy,
     build_prompt,
+    choices,
     evaluate_multiple_choice,
     find_subject_files,
     first_token_ids,
     interleave_subjects,
     load_split,
     next_token_logprobs,
+    per_character,
+    prompt_and_continuation_ids,
     read_subject_csv,
 )
-from grpo.errors import DataError
+from grpo.errors import DataError, ModelError
 
 from data_scripts import load_data_script
 
@@ -85,12 +88,24 @@ def test_interleave_spreads_a_limit_over_subjects():
 def test_prompt_with_one_exemplar():
     exemplar = MCQuestion("high_school_physics", "E1?", ("a", "b", "c", "d"), "D")
     question = MCQuestion("high_school_physics", "Q?", ("w", "x", "y", "z"), "A")
-    assert build_prompt(question, [exemplar]) == (
+    assert build_prompt(question, [exemplar], scoring="letter") == (
         "The following are multiple choice questions (with answers) about high school physics.\n\n"
         "E1?\nA. a\nB. b\nC. c\nD. d\nAnswer: D\n\n"
         "Q?\nA. w\nB. x\nC. y\nD. z\nAnswer:"
     )
     assert build_prompt(question, [], "zh").startswith("以下是关于high school physics的单项选择题")
+
+
+def test_answer_prompt_hides_the_options_and_solves_exemplars_with_the_answer_text():
+    exemplar = MCQuestion("high_school_physics", "E1?", ("a", "b", "c", "dee"), "D")
+    question = MCQuestion("high_school_physics", "Q?", ("w", "x", "y", "z"), "A")
+    assert build_prompt(question, [exemplar]) == (
+        "The following are multiple choice questions (with answers) about high school physics.\n\n"
+        "Question: E1?\nAnswer: dee\n\n"
+        "Question: Q?\nAnswer:"
+    )
+    with pytest.raises(DataError, match="scoring must be one of"):
+        build_prompt(question, [], scoring="essay")
 
 
 def test_accuracy_by_hand():
@@ -112,10 +127,11 @@ def test_next_token_logprobs_equal_full_logits(tiny):
 def test_evaluation_picks_the_most_likely_letter(tiny):
     model, tokenizer = tiny
     scores, rows = evaluate_multiple_choice(model, tokenizer, FIXTURES / "mmlu_flat", split="test", k_shot=1,
-                                            batch_size=2, progress=False)
+                                            batch_size=2, progress=False, scoring="letter")
     assert scores["n"] == 3 and [r["subject"] for r in rows] == ["anatomy", "astronomy", "astronomy"]
     for row in rows:
         assert row["predicted"] == "ABCD"[max(range(4), key=lambda i: row["logprobs"][i])]
+        assert row["correct"] == (row["predicted"] == row["answer"])
     expected = 100.0 * sum(r["predicted"] == r["answer"] for r in rows) / 3
     assert scores["accuracy"] == pytest.approx(expected)
     limited, _ = evaluate_multiple_choice(model, tokenizer, FIXTURES / "cmmlu", max_examples=1, language="zh",
@@ -150,3 +166,67 @@ def test_flan_cot_prompts_become_mmlu_questions(tmp_path):
     assert counts == {"astronomy": 2, "college_chemistry": 1}
     written = load_split(tmp_path / "mmlu", "dev")
     assert written["astronomy"][1] == MCQuestion("astronomy", questions[1].question, ("2", "3", "4", "5"), "C")
+
+
+# --------------------------------------------------------------------------
+# Answer scoring
+# --------------------------------------------------------------------------
+def test_option_tokens_follow_the_prompt_tokens(tiny):
+    _, tokenizer = tiny
+    prompt = "Question: Which bone is the longest?\nAnswer:"
+    prompt_ids, option_ids = prompt_and_continuation_ids(tokenizer, prompt, " Femur")
+    assert prompt_ids + option_ids == tokenizer(prompt + " Femur", add_special_tokens=False).input_ids
+    assert prompt_ids == tokenizer(prompt, add_special_tokens=False).input_ids and option_ids
+    # "Answer" + "s" is one word to the tokenizer: the prompt's token is not a prefix of the whole.
+    with pytest.raises(ModelError, match="merges the end of the prompt"):
+        prompt_and_continuation_ids(tokenizer, "Answer", "s")
+
+
+def test_raw_and_normalised_scores_can_choose_different_options():
+    raw = torch.tensor([[-4.0, -6.0, -9.0, -20.0]])
+    characters = torch.tensor([[2.0, 6.0, 4.0, 40.0]])   # " a", " abcde", " abc", a 40-character option
+    # per character: -2, -1, -2.25, -0.5
+    assert torch.equal(per_character(raw, characters), torch.tensor([[-2.0, -1.0, -2.25, -0.5]]))
+    assert choices(raw) == ["A"] and choices(per_character(raw, characters)) == ["D"]
+
+
+def full_pass_option_logprob(model, tokenizer, prompt: str, option: str) -> float:
+    """sum of log p(option token | everything before it) from one plain forward pass over prompt + option."""
+    ids = tokenizer(prompt + " " + option, add_special_tokens=False).input_ids
+    start = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    return sum(float(logprobs[position - 1, ids[position]]) for position in range(start, len(ids)))
+
+
+def test_answer_scores_equal_a_full_pass_per_option(tiny):
+    # batch_size 2 over 3 questions: prompts of different lengths padded together, options of 1-3 tokens.
+    model, tokenizer = tiny
+    scores, rows = evaluate_multiple_choice(model, tokenizer, FIXTURES / "mmlu_flat", split="test", k_shot=1,
+                                            batch_size=2, progress=False)
+    header = "The following are multiple choice questions (with answers) about {}.\n\n"
+    expected = [  # the prompt written out by hand, the options, the answer
+        (header.format("anatomy") + "Question: Which bone is the longest in the human body?\nAnswer: Femur\n\n"
+         "Question: How many chambers does the human heart have?\nAnswer:", ("Two", "Three", "Four", "Five"), "C"),
+        (header.format("astronomy") + "Question: What is the largest planet of the Solar System?\nAnswer: Jupiter"
+         "\n\nQuestion: Which planet is closest to the Sun?\nAnswer:", ("Venus", "Mercury", "Earth", "Mars"), "B"),
+        (header.format("astronomy") + "Question: What is the largest planet of the Solar System?\nAnswer: Jupiter"
+         "\n\nQuestion: How long does light from the Sun take to reach Earth, roughly?\nAnswer:",
+         ("8 seconds", "8 minutes", "8 hours", "8 days"), "B"),
+    ]
+    assert len(rows) == 3
+    for row, (prompt, options, answer) in zip(rows, expected):
+        raw = [full_pass_option_logprob(model, tokenizer, prompt, option) for option in options]
+        norm = [value / (1 + len(option)) for value, option in zip(raw, options)]
+        assert row["logprob_raw"] == pytest.approx(raw, abs=2e-4)
+        assert row["logprob_norm"] == pytest.approx(norm, abs=2e-5)
+        assert row["predicted_raw"] == "ABCD"[raw.index(max(raw))]
+        assert row["predicted_norm"] == row["predicted"] == "ABCD"[norm.index(max(norm))]
+        assert row["answer"] == answer and row["correct"] == (row["predicted"] == answer)
+        assert row["prompt_tokens"] == len(tokenizer(prompt, add_special_tokens=False).input_ids)
+    assert rows[2]["option_tokens"] == [3, 3, 3, 3]          # " 8 seconds": " ", "8", " seconds"
+    assert rows[1]["predicted_raw"] != rows[1]["predicted_norm"]
+    assert scores["accuracy"] == scores["accuracy_norm"] == accuracy([r["predicted_norm"] for r in rows], "CBB")
+    assert scores["accuracy_raw"] == accuracy([r["predicted_raw"] for r in rows], "CBB")
+    with pytest.raises(DataError, match="scoring must be one of"):
+        evaluate_multiple_choice(model, tokenizer, FIXTURES / "mmlu_flat", scoring="cloze", progress=False)
