@@ -261,6 +261,22 @@ def rollout_logprobs(model, rollout: Rollout, cfg: GRPOConfig, rows=None, with_e
         )
 
 
+def sampling_logprobs(model, rollout: Rollout, cfg: GRPOConfig) -> torch.Tensor | None:
+    """Log-probs [B, Lc] of the policy that sampled the rollout, or None when the update needs none.
+
+    With one optimizer step per rollout (mu = 1, one minibatch) the policy
+    being updated *is* the sampling policy: the update pass's own log-probs,
+    detached, serve (None here, no extra forward pass). With more, every
+    step after the first sees a policy that has moved since sampling, so the
+    ratio needs these (TRL's steps_per_generation > 1 computes them too).
+    """
+    if cfg.mu == 1 and cfg.minibatches == 1:
+        return None
+    model.eval()
+    with torch.no_grad():
+        return rollout_logprobs(model, rollout, cfg)[0]
+
+
 def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, old_logprobs, ref_logprobs, cfg,
                   guard: NonFiniteGuard | None = None):
     """mu epochs over the batch, each split into `minibatches` optimizer steps.
@@ -297,8 +313,8 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
             for micro_start in range(0, minibatch_size, micro_size):
                 rows = minibatch[micro_start : micro_start + micro_size]
                 logprobs, entropy = rollout_logprobs(model, rollout, cfg, rows, with_entropy=True)
-                # mu = 1: the sampling policy *is* the current one, so its
-                # log-probs are these, detached (ratio 1, gradient of logp).
+                # One optimizer step per rollout: the sampling policy *is* the
+                # current one, so its log-probs are these, detached (ratio 1, gradient of logp).
                 old = old_logprobs[rows] if old_logprobs is not None else logprobs.detach()
                 loss, micro_stats = grpo_loss(
                     logprobs, old, ref_logprobs[rows] if ref_logprobs is not None else None,
@@ -489,14 +505,9 @@ def train(cfg: GRPOConfig) -> Path:
         if cfg.mask_truncated:
             loss_mask = loss_mask * (~rollout.truncated).unsqueeze(1)
 
-        # 5. Old and reference log-probs, no grad. With mu = 1 the old log-probs
-        #    are the update pass's own, detached: no extra forward pass.
+        # 5. Old and reference log-probs, no grad.
         with timer("logprob"):
-            old_logprobs = None
-            if cfg.mu > 1:
-                model.eval()
-                with torch.no_grad():
-                    old_logprobs = rollout_logprobs(model, rollout, cfg)[0]
+            old_logprobs = sampling_logprobs(model, rollout, cfg)
             ref_logprobs = reference.logprobs(model, rollout, cfg) if reference is not None else None
 
         # 6. Policy updates; too many non-finite steps in a row stop the run
