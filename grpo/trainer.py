@@ -309,7 +309,7 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
             norm = Normaliser(dist.all_reduce_sum(local.num_sequences), dist.all_reduce_sum(local.num_tokens),
                               cfg.max_new_tokens)
             optimizer.zero_grad(set_to_none=True)
-            step_loss, step_stats = 0.0, {}
+            step_loss, step_stats = 0.0, TokenMeans()
             for micro_start in range(0, minibatch_size, micro_size):
                 rows = minibatch[micro_start : micro_start + micro_size]
                 logprobs, entropy = rollout_logprobs(model, rollout, cfg, rows, with_entropy=True)
@@ -324,19 +324,44 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
                 )
                 loss.backward()
                 step_loss += loss.item()
-                micro_stats["entropy"] = masked_mean(entropy, rollout.completion_mask[rows])
-                share = len(rows) / minibatch_size
+                # grpo_loss averages over the scored tokens, the entropy over every completion token.
+                scored_tokens = float(loss_mask[rows].sum())
                 for key, value in micro_stats.items():
-                    step_stats[key] = step_stats.get(key, 0.0) + share * float(value)
+                    step_stats.add(key, float(value), scored_tokens)
+                step_stats.add("entropy", float(masked_mean(entropy, rollout.completion_mask[rows])),
+                               float(rollout.completion_mask[rows].sum()))
             dist.all_reduce_gradients(trainable_parameters(model))
             step_loss = dist.all_reduce_sum(step_loss)
             grad_norm, skipped = clip_and_step(model, optimizer, scheduler, step_loss, cfg.max_grad_norm, guard)
             stats["skipped"] += int(skipped)
             stats["loss"].append(step_loss)
             stats["grad_norm"].append(grad_norm)
-            for key, value in step_stats.items():
+            for key, value in step_stats.means().items():
                 stats[key].append(value)
     return stats
+
+
+class TokenMeans:
+    """Means over every token of a minibatch (on every rank), combined from its micro-batches' own means.
+
+        mean = sum_m n_m * mean_m / sum_m n_m      n_m: tokens under the statistic's mask in micro-batch m
+
+    This is the minibatch's token mean whatever the split into micro-batches;
+    weighing micro-batches by their rows instead would count a short
+    completion's tokens as much as a long one's.
+    """
+
+    def __init__(self):
+        self.weighted_sums: dict[str, float] = {}
+        self.tokens: dict[str, float] = {}
+
+    def add(self, key: str, mean: float, tokens: float) -> None:
+        self.weighted_sums[key] = self.weighted_sums.get(key, 0.0) + tokens * mean
+        self.tokens[key] = self.tokens.get(key, 0.0) + tokens
+
+    def means(self) -> dict[str, float]:
+        return {key: dist.all_reduce_sum(total) / max(dist.all_reduce_sum(self.tokens[key]), 1.0)
+                for key, total in self.weighted_sums.items()}
 
 
 def summarise_rewards(values: np.ndarray, components: dict[str, np.ndarray], prefix: str = "") -> dict:

@@ -208,3 +208,49 @@ def test_one_epoch_of_two_minibatches_weights_the_second_by_the_sampling_policy(
         assert torch.allclose(model.state_dict()[key], by_hand[key], atol=1e-5), key
     assert stats["clip_region"][0] == 0.0 and stats["clip_region"][1] > 0.0
 
+
+def test_logged_kl_clip_ratios_and_entropy_do_not_depend_on_micro_batch_size(tmp_path):
+    """The statistics are means over the minibatch's tokens, checked against a direct computation.
+
+    Completions of 1 to 6 tokens make a row share differ from a token share.
+    """
+    from grpo.loss import kl_estimate
+    from grpo.models import load_model
+    from grpo.rollout import Rollout, sample_groups
+
+    model, tokenizer = load_model("tiny-random-llama")
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                             add_generation_prompt=True) for t in ("one", "two words")]
+    sampled = sample_groups(model, tokenizer, prompts, 4, 6, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([1, 6, 2, 5, 6, 1, 3, 6])
+    mask = (torch.arange(sampled.completion_ids.shape[1]) < lengths.unsqueeze(1)).float()
+    rollout = Rollout(sampled.prompt_ids, sampled.prompt_mask, sampled.completion_ids, mask, sampled.truncated)
+    advantages = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    cfg = tiny_config(tmp_path, beta=0.04, lr=1e-3, max_grad_norm=0.0)
+    with torch.no_grad():
+        logprobs, entropy = trainer.rollout_logprobs(model, rollout, cfg, with_entropy=True)
+    noise = torch.Generator().manual_seed(2)
+    old_logprobs = logprobs + 0.3 * torch.randn(logprobs.shape, generator=noise)
+    ref_logprobs = logprobs + 0.5 * torch.randn(logprobs.shape, generator=noise)
+
+    ratio = torch.exp(logprobs - old_logprobs)
+    low = (ratio < 0.8) & (advantages.unsqueeze(1) < 0)
+    high = (ratio > 1.2) & (advantages.unsqueeze(1) > 0)
+    tokens = mask.sum()
+    expected = {"kl": float((kl_estimate(logprobs, ref_logprobs, "k3") * mask).sum() / tokens),
+                "clip_low": float((low * mask).sum() / tokens), "clip_high": float((high * mask).sum() / tokens),
+                "clip_region": float(((low | high) * mask).sum() / tokens),
+                "entropy": float((entropy * mask).sum() / tokens)}
+    assert 0 < expected["clip_region"] < 1 and expected["clip_low"] > 0 and expected["clip_high"] > 0
+
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    for micro, share in ((0, True), (4, True), (2, False), (1, False)):
+        model.load_state_dict(start)
+        cfg = tiny_config(tmp_path, beta=0.04, lr=1e-3, max_grad_norm=0.0, micro_batch_size=micro,
+                          share_prompt_pass=share)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        stats = trainer.policy_update(model, optimizer, scheduler, rollout, mask, advantages, old_logprobs,
+                                      ref_logprobs, cfg)
+        for key, value in expected.items():
+            assert stats[key] == [pytest.approx(value, rel=1e-5)], (micro, key)
