@@ -364,6 +364,20 @@ class TokenMeans:
                 for key, total in self.weighted_sums.items()}
 
 
+def global_group_advantages(rewards: torch.Tensor, cfg: GRPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's advantages [b], computed over the rewards of every rank; zero-std flags [P * world] of all groups.
+
+    Groups never cross ranks, so only scale_rewards = "batch" needs the other
+    ranks' rewards (its std is the global batch's, as in TRL); gathering them
+    whatever the scale keeps one path. A failed (NaN) reward is left out of its group.
+    """
+    all_rewards = dist.all_gather_rows(rewards)
+    advantages, zero_std = group_advantages(all_rewards, cfg.group_size, cfg.scale_rewards, cfg.adv_eps,
+                                            torch.isfinite(all_rewards))
+    rows = rewards.shape[0]
+    return advantages[dist.rank() * rows : (dist.rank() + 1) * rows], zero_std
+
+
 def summarise_rewards(values: np.ndarray, components: dict[str, np.ndarray], prefix: str = "") -> dict:
     """reward, reward_std and each component's mean (TRL's names: rewards/<name>/mean)."""
     out = {f"{prefix}reward": float(np.nanmean(values)), f"{prefix}reward_std": float(np.nanstd(values))}
@@ -521,9 +535,9 @@ def train(cfg: GRPOConfig) -> Path:
             check_reward_failures(reward_errors, completions, examples, cfg.max_reward_failures)
             rewards = torch.as_tensor(reward_values, dtype=torch.float32)
 
-        # 4. Group-relative advantages (a failed reward is left out of its group).
+        # 4. Group-relative advantages over the global batch (a failed reward is left out of its group).
         valid = torch.isfinite(rewards)
-        advantages, zero_std = group_advantages(rewards, cfg.group_size, cfg.scale_rewards, cfg.adv_eps, valid)
+        advantages, zero_std = global_group_advantages(rewards, cfg)
         # Rewards are computed on the CPU; the loss runs where the rollout lives.
         advantages, valid = advantages.to(rollout.completion_ids.device), valid.to(rollout.completion_ids.device)
         loss_mask = rollout.completion_mask * valid.unsqueeze(1)
