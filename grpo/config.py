@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import typing
 from pathlib import Path
@@ -59,6 +60,28 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def _finite(value: Any) -> bool:
+    """False when `value` is, or holds in a list or table, an inf or a NaN."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """Command-line `key=value` items as (key, parsed value) pairs; ConfigError for an item without '='."""
+    pairs = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, text = item.split("=", 1)
+        pairs.append((key.strip(), parse_value(text.strip())))
+    return pairs
+
+
 def describe(cls) -> str:
     """One line per field: name, default and help text (for --help and docs)."""
     lines = []
@@ -76,7 +99,8 @@ def read_toml(path: str | Path, what: str = "config file") -> dict:
     if not path.is_file():
         raise ConfigError(f"{what} '{path}' does not exist")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark, as some Windows editors write, is not part of the text.
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{what} '{path}' is not valid TOML: {err}") from None
 
@@ -99,6 +123,8 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] | di
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown config key '{key}' in {where}.{hint} Valid keys: {', '.join(fields)}")
         value = _check_type(key, value, type_hints[key])
+        if not _finite(value):
+            raise ConfigError(f"config key '{key}' must be finite; got {value!r}")
         choices = fields[key].metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
@@ -111,11 +137,8 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] | di
     if isinstance(overrides, dict):
         for key, value in overrides.items():
             set_value(key, value, "the overrides")
-    for item in overrides if isinstance(overrides, list) else []:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
-        key, text = item.split("=", 1)
-        set_value(key.strip(), parse_value(text.strip()), "the command line")
+    for key, value in parse_overrides(overrides) if isinstance(overrides, list) else []:
+        set_value(key, value, "the command line")
 
     config = cls(**values)
     if hasattr(config, "validate"):

@@ -1,0 +1,161 @@
+"""Nothing lost, nothing silent: what a run promises when the input is bad or the machine misbehaves.
+
+Each test is one promise, tried as a user would meet the fault, through the
+command line's own `main` where the user would see a message. A refusal is
+one line starting with "error:", with no traceback, naming the file or key
+and what to do; nothing the user had is lost.
+
+Bad input
+  - a UTF-8 byte-order mark at the start of a data or config file is not data
+  - every float setting must be finite
+  - every entry point answers --help, and a malformed key=value is one line
+"""
+
+import errno
+import fcntl
+import json
+import os
+import re
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grpo import checkpoint as ckpt
+from grpo import trainer
+from grpo.config import GRPOConfig, load_config
+from grpo.errors import ConfigError, DataError, RewardError
+from grpo.metrics import MetricsLogger, read_metrics
+from grpo.train import main as grpo_main
+from rewards.base import RewardOutput
+from test_resume import ROOT, env
+
+TINY_RUN = ["model=tiny-random-llama", "data=data/mt", "prompts_per_step=2", "group_size=2", "max_new_tokens=4",
+            "eval_max_new_tokens=4", "dev_limit=2", "eval_every=0", "max_prompt_tokens=96", "lr=1e-2", "beta=0.04",
+            "reward_weights={custom=1.0}", "custom_reward=support_rewards:low_half_share"]
+
+
+def grpo_args(out_dir, *extra) -> list[str]:
+    return [f"out_dir={out_dir}", *TINY_RUN, *extra]
+
+
+@pytest.fixture(autouse=True)
+def repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def run_cli(capsys, args, entry=grpo_main) -> tuple[int, str, str]:
+    """Run a command line's main in this process: (exit code, stdout, stderr)."""
+    code = entry(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(code: int, err: str, *fragments: str) -> str:
+    """The one 'error: ...' line a refusal prints (exit code 2, no traceback), holding every fragment."""
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.split("\n") if line.startswith("error: ")]  # on a line of its own, not after a bar
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def state_of(folder: Path) -> dict[str, bytes]:
+    """Every file under a folder and its bytes, to show that nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class Scores:
+    """A reward for in-process runs: 1 for even-length completions, whatever `hook` does first."""
+
+    name = "custom"
+
+    def __init__(self, hook=None):
+        self.hook = hook
+
+    def __call__(self, prompts, completions, examples):
+        if self.hook is not None:
+            self.hook()
+        values = np.array([float(len(c) % 2 == 0) for c in completions])
+        return RewardOutput(values, {"custom": values})
+
+
+# ============================================================== bad input
+def test_a_utf8_bom_is_not_part_of_the_data_for_grpo_and_sft(tmp_path, tiny):
+    from baselines.sft import SFTConfig
+
+    _, tokenizer = tiny
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = '{"source": "ཀ་ཁ", "target": "甲乙"}\r\n{"source": "ག", "target": "丙"}\r\n'
+    for split in ("train", "dev"):
+        (data / f"{split}.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode("utf-8"))
+    for config_class in (GRPOConfig, SFTConfig):
+        train, dev = trainer.load_task_examples(load_config(config_class, overrides={"data": str(data)}), tokenizer)
+        assert [e["source"] for e in train] == [e["source"] for e in dev] == ["ཀ་ཁ", "ག"]
+        assert train[0]["target"] == "甲乙"
+    preset = tmp_path / "preset.toml"
+    preset.write_bytes(b"\xef\xbb\xbfgroup_size = 4\r\n")
+    assert load_config(GRPOConfig, preset).group_size == 4
+
+
+def float_keys():
+    from dataclasses import fields
+
+    from baselines.sft import SFTConfig
+
+    return sorted({f.name for cls in (GRPOConfig, SFTConfig) for f in fields(cls) if f.type in (float, "float")})
+
+
+@pytest.mark.parametrize("key", float_keys())
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_every_float_setting_must_be_finite(key, value):
+    from baselines.sft import SFTConfig
+
+    config_class = GRPOConfig if key in GRPOConfig.__dataclass_fields__ else SFTConfig
+    with pytest.raises(ConfigError, match=rf"config key '{key}' must be finite; got -?(inf|nan)"):
+        load_config(config_class, overrides=[f"{key}={value}"])
+
+
+def test_lr_inf_and_an_infinite_reward_weight_are_refused_in_one_line(tmp_path, capsys):
+    error_line(*run_cli(capsys, grpo_args(tmp_path / "run", "lr=inf"))[::2], "config key 'lr' must be finite; got inf")
+    error_line(*run_cli(capsys, grpo_args(tmp_path / "run", "reward_weights={semantic=inf}"))[::2],
+               "config key 'reward_weights' must be finite")
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------ entry points
+ENTRY_POINTS = ["grpo.train", "baselines.sft", "eval.alignment_tax", "eval.judge", "eval.reproduce", "grpo.tau",
+                "grpo.models", "bench.grpo_step", "bench.vs_trl", "bench.logprob_memory", "bench.random_model",
+                "data/build_mt.py", "data/build_hg.py", "data/build_general.py"]
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_every_entry_point_answers_help(entry, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [entry, "--help"])
+    try:
+        if entry.endswith(".py"):
+            runpy.run_path(str(ROOT / entry), run_name="__main__")
+        else:
+            runpy.run_module(entry, run_name="__main__", alter_sys=True)
+    except SystemExit as exit:
+        assert exit.code in (0, None), capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert len(out) > 40 and "Traceback" not in err, (out, err)
+
+
+def test_bench_refuses_a_malformed_key_value_in_one_line(capsys):
+    from bench.grpo_step import main
+
+    error_line(*run_cli(capsys, ["steps"], main)[::2], "override 'steps' is not of the form key=value")
+    error_line(*run_cli(capsys, ["steps=many"], main)[::2], "bench option 'steps' takes an integer >= 1; got 'many'")
