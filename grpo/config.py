@@ -276,6 +276,9 @@ class GRPOConfig(RunConfig):
     length_max: int = option(40, "length guard: longest acceptable output in characters")
     length_outside: float = option(0.0, "length guard reward outside the range (negative = penalty)")
     custom_reward: str = option("", "'package.module:callable' of an extra reward (weight reward_weights.custom)")
+    max_unread_target_chars: float = option(
+        0.5, "refuse to start when the semantic reward's encoder cannot read more than this share of the "
+             "training targets' characters (1 = never refuse)")
 
     scale_rewards: str = option("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)",
                                 ("group", "batch", "none"))
@@ -317,6 +320,8 @@ class GRPOConfig(RunConfig):
         check(any(w != 0 for w in self.reward_weights.values()), "reward_weights",
               "give at least one term a non-zero weight", self.reward_weights)
         check(0 <= self.tau < 1, "tau", "be in [0, 1)", self.tau)
+        check(0 <= self.max_unread_target_chars <= 1, "max_unread_target_chars", "be in [0, 1]",
+              self.max_unread_target_chars)
         check(0 <= self.length_min <= self.length_max, "length_min", "be in [0, length_max]", self.length_min)
         check(self.adv_eps >= 0, "adv_eps", "be >= 0", self.adv_eps)
         check(self.eps_low >= 0, "eps_low", "be >= 0", self.eps_low)

@@ -463,6 +463,7 @@ def train(cfg: GRPOConfig) -> Path:
         dist.shard_model(model)
     reward_fn = build_reward_from_config(cfg)
     train_examples, dev_examples = load_task_examples(cfg, tokenizer)
+    refuse_unreadable_targets(reward_fn, [e["target"] for e in train_examples], cfg.max_unread_target_chars)
 
     updates_per_step = cfg.mu * cfg.minibatches
     optimizer = make_optimizer(model, cfg)
@@ -613,6 +614,15 @@ def finish_run(run_dir: Path) -> None:
     if dist.is_main():
         final = ckpt.link_final(run_dir, ckpt.latest_checkpoint(run_dir))
         print(f"done: {run_dir}  (final checkpoint: {final} -> {final.resolve().name})")
+
+
+def refuse_unreadable_targets(reward_fn, targets: list[str], max_unread: float) -> None:
+    """Stop before training when a reward encoder cannot read most of the training targets (see rewards.embedding)."""
+    from rewards.embedding import EmbeddingCosineReward
+
+    for _, term in getattr(reward_fn, "terms", []):
+        if isinstance(term, EmbeddingCosineReward):
+            term.refuse_unreadable(targets, max_unread)
 
 
 def reward_identity(reward_fn) -> dict:

@@ -8,6 +8,8 @@ and what to do; nothing the user had is lost.
 Bad input
   - a UTF-8 byte-order mark at the start of a data or config file is not data
   - every float setting must be finite
+  - a reward encoder folder without a tokenizer is refused
+  - an encoder that cannot read the training targets stops the run before training, unless overridden
   - every entry point answers --help, and a malformed key=value is one line
 """
 
@@ -131,6 +133,43 @@ def test_lr_inf_and_an_infinite_reward_weight_are_refused_in_one_line(tmp_path, 
     error_line(*run_cli(capsys, grpo_args(tmp_path / "run", "reward_weights={semantic=inf}"))[::2],
                "config key 'reward_weights' must be finite")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def encoder_folders(tmp_path_factory):
+    """Two tiny BERT encoders: one saved without its tokenizer, one whose tokenizer knows only ASCII."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("encoders")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz0123456789.,!?"]
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(root / "no-tokenizer")
+    BertModel(config).save_pretrained(root / "ascii-only")
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(root / "ascii-only")
+    return root
+
+
+def test_an_encoder_folder_without_a_tokenizer_is_refused(encoder_folders, tmp_path, capsys):
+    folder = encoder_folders / "no-tokenizer"
+    error_line(*run_cli(capsys, grpo_args(tmp_path / "run", f"encoder={folder}", "reward_weights={semantic=1.0}"))[::2],
+               f"reward encoder folder '{folder}' has no tokenizer", "tokenizer.save_pretrained")
+
+
+def test_an_encoder_that_cannot_read_the_targets_stops_before_training_unless_overridden(encoder_folders, tmp_path,
+                                                                                         capsys):
+    folder = encoder_folders / "ascii-only"
+    args = grpo_args(tmp_path / "run", f"encoder={folder}", "reward_weights={semantic=1.0}", "max_steps=1")
+    code, _, err = run_cli(capsys, args)
+    error_line(code, err, f"reward encoder '{folder} [mean pooling]' cannot read 100% of the characters",
+               "max_unread_target_chars=1")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists(), "it refused only after training had started"
+
+    code, _, err = run_cli(capsys, [*args, "max_unread_target_chars=1.0"])
+    assert code == 0, err
+    assert [row["step"] for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in row] == [1]
 
 
 # ------------------------------------------------------------ entry points
