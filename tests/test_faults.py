@@ -10,6 +10,7 @@ Bad input
   - every float setting must be finite
   - a reward encoder folder without a tokenizer is refused
   - an encoder that cannot read the training targets stops the run before training, unless overridden
+  - alignment_tax checks every model, and that the tokenizers match, before any evaluation
   - every entry point answers --help, and a malformed key=value is one line
 """
 
@@ -170,6 +171,45 @@ def test_an_encoder_that_cannot_read_the_targets_stops_before_training_unless_ov
     code, _, err = run_cli(capsys, [*args, "max_unread_target_chars=1.0"])
     assert code == 0, err
     assert [row["step"] for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in row] == [1]
+
+
+# ------------------------------------------------------------ alignment tax
+@pytest.fixture(scope="module")
+def other_tokenizer_model(tmp_path_factory):
+    """The tiny model with a tokenizer of the same size in which two tokens swapped ids."""
+    from grpo.models import load_model
+
+    model, tokenizer = load_model("tiny-random-llama")
+    folder = tmp_path_factory.mktemp("other-tokenizer")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    vocab["the"], vocab["Ġthe"] = vocab["Ġthe"], vocab["the"]
+    (folder / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    return folder
+
+
+def test_alignment_tax_refuses_a_tuned_model_with_another_tokenizer(other_tokenizer_model, tmp_path, capsys):
+    from eval.alignment_tax import main
+    from test_alignment_tax import write_suite
+
+    args = ["--base", "tiny-random-llama", "--tuned", str(other_tokenizer_model), "--suite",
+            str(write_suite(tmp_path / "suite.toml")), "--out", str(tmp_path / "out"), "--quiet"]
+    error_line(*run_cli(capsys, args, main)[::2], f"tuned model '{other_tokenizer_model}' does not use the base "
+               "model's tokenizer: 2 tokens have another id", "'the'")
+    assert not (tmp_path / "out").exists(), "the base model was evaluated first"
+
+
+def test_alignment_tax_names_a_missing_tuned_folder_before_any_work(tmp_path, capsys):
+    from eval.alignment_tax import main
+    from test_alignment_tax import write_suite
+
+    missing = tmp_path / "runs" / "grpo-typo"
+    args = ["--base", "tiny-random-llama", "--tuned", "tiny-random-llama", str(missing), "--suite",
+            str(write_suite(tmp_path / "suite.toml")), "--out", str(tmp_path / "out"), "--quiet"]
+    error_line(*run_cli(capsys, args, main)[::2], f"--tuned '{missing}' does not exist")
+    assert not (tmp_path / "out").exists(), "the base model was evaluated first"
 
 
 # ------------------------------------------------------------ entry points
