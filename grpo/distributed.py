@@ -106,6 +106,15 @@ def all_gather_rows(values: torch.Tensor) -> torch.Tensor:
     return torch.cat(gathered)
 
 
+def broadcast_from_main(value):
+    """Rank 0's `value` (any picklable object) on every rank."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def is_sharded(model) -> bool:
     """Whether `shard_model` has sharded this model: its every forward is then a collective."""
     return isinstance(model, FSDPModule)

@@ -30,7 +30,7 @@ from grpo import lora
 from grpo.advantages import group_advantages
 from grpo.config import GRPOConfig, save_config, to_dict
 from grpo.data import make_examples, read_jsonl, split_path
-from grpo.errors import ConfigError, DataError
+from grpo.errors import CheckpointError, ConfigError, DataError
 from grpo.guards import NonFiniteGuard, TooManySkippedSteps, check_reward_failures, score_with_fallback
 from grpo.logprobs import completion_logprobs
 from grpo.loss import Normaliser, grpo_loss, masked_mean
@@ -130,30 +130,34 @@ class PromptSampler:
 
 
 def resume_checkpoint(cfg, run_dir: Path) -> Path | None:
-    """The checkpoint `resume` names: the run's latest for "auto", a folder, or None."""
+    """The verified checkpoint `resume` names: the run's newest intact one for "auto", a folder, or None."""
     if cfg.resume == "auto":
-        return ckpt.latest_checkpoint(run_dir)
-    return Path(cfg.resume) if cfg.resume else None
+        return ckpt.newest_intact_checkpoint(run_dir)
+    if not cfg.resume:
+        return None
+    try:
+        if not ckpt.verify_checkpoint(Path(cfg.resume)):
+            print(ckpt.UNVERIFIED_NOTE.format(checkpoint=cfg.resume))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; resume from another checkpoint, or start again with overwrite=true") from None
+    return Path(cfg.resume)
 
 
 def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
     """Create the run folder; refuse to clobber a finished or running one unless told.
 
     Returns the folder and the checkpoint to resume from (or None). Under
-    torchrun rank 0 checks and creates the folder while the other ranks wait.
+    torchrun rank 0 checks and creates the folder and picks the checkpoint;
+    the other ranks receive its choice.
     """
     run_dir = Path(cfg.out_dir)
-    if dist.is_main():
-        _claim_run_dir(cfg, run_dir)
-    dist.barrier()
-    return run_dir, resume_checkpoint(cfg, run_dir)
+    resume_from = _claim_run_dir(cfg, run_dir) if dist.is_main() else None
+    return run_dir, dist.broadcast_from_main(resume_from)
 
 
-def _claim_run_dir(cfg, run_dir: Path) -> None:
+def _claim_run_dir(cfg, run_dir: Path) -> Path | None:
     resume_from = resume_checkpoint(cfg, run_dir)
     holds_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
-    if resume_from is not None and not (resume_from / ckpt.STATE_FILE).exists():
-        raise ConfigError(f"resume folder '{resume_from}' is not a checkpoint (it has no {ckpt.STATE_FILE})")
     if holds_run and resume_from is None:
         if cfg.resume == "auto" and not cfg.overwrite:
             raise ConfigError(f"out_dir '{run_dir}' holds a run without a checkpoint to resume from; "
@@ -165,6 +169,7 @@ def _claim_run_dir(cfg, run_dir: Path) -> None:
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    return resume_from
 
 
 def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:

@@ -12,6 +12,14 @@ Bad input
   - an encoder that cannot read the training targets stops the run before training, unless overridden
   - alignment_tax checks every model, and that the tokenizers match, before any evaluation
   - every entry point answers --help, and a malformed key=value is one line
+
+Damage and interruptions
+  - a damaged checkpoint file is named in one line; resume=auto passes over it to the newest intact one
+  - flipped bytes in a checkpoint are caught by its manifest
+  - a torn last line of metrics.jsonl is dropped on resume, and said so
+  - a full disk names the checkpoint being written and leaves the previous one intact
+
+The kills with SIGKILL (during a checkpoint, during its manifest) are in test_resume.py.
 """
 
 import errno
@@ -34,7 +42,7 @@ from safetensors.torch import load_file
 from grpo import checkpoint as ckpt
 from grpo import trainer
 from grpo.config import GRPOConfig, load_config
-from grpo.errors import ConfigError, DataError, RewardError
+from grpo.errors import CheckpointError, ConfigError, DataError, RewardError
 from grpo.metrics import MetricsLogger, read_metrics
 from grpo.train import main as grpo_main
 from rewards.base import RewardOutput
@@ -238,3 +246,188 @@ def test_bench_refuses_a_malformed_key_value_in_one_line(capsys):
 
     error_line(*run_cli(capsys, ["steps"], main)[::2], "override 'steps' is not of the form key=value")
     error_line(*run_cli(capsys, ["steps=many"], main)[::2], "bench option 'steps' takes an integer >= 1; got 'many'")
+
+
+# ================================================= damage and interruptions
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    """A checkpoint of the tiny model written by save_checkpoint, with a small trainer state."""
+    from grpo.models import load_model
+
+    model, tokenizer = load_model("tiny-random-llama")
+    run_dir = tmp_path_factory.mktemp("saved")
+    return ckpt.save_checkpoint(run_dir, 3, model, tokenizer, {"config": {}, "note": torch.arange(1000)})
+
+
+DAMAGE = {
+    "truncated": lambda data: data[: len(data) // 2],
+    "empty": lambda data: b"",
+    "garbled": lambda data: bytes(len(data)),
+    "missing": None,
+}
+
+
+def damage(path: Path, kind: str) -> None:
+    if DAMAGE[kind] is None:
+        path.unlink()
+    else:
+        path.write_bytes(DAMAGE[kind](path.read_bytes()))
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+@pytest.mark.parametrize("file", [ckpt.STATE_FILE, "model.safetensors"])
+def test_a_damaged_checkpoint_file_is_named_in_one_line(saved_checkpoint, tmp_path, file, kind):
+    from grpo.models import load_model
+
+    folder = tmp_path / "step-000003"
+    shutil.copytree(saved_checkpoint, folder)
+    assert ckpt.verify_checkpoint(folder)
+    damage(folder / file, kind)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {re.escape(str(folder))} is damaged: {file} "
+                                              r"(is missing|has \d+ bytes|has changed since it was written)") as caught:
+        ckpt.verify_checkpoint(folder)
+    assert "\n" not in str(caught.value)
+
+    # A checkpoint written before manifests existed: loading it names the file instead of a raw traceback.
+    (folder / ckpt.MANIFEST_FILE).unlink()
+    with pytest.raises(CheckpointError, match=f"checkpoint {re.escape(str(folder))} is damaged: ") as caught:
+        if file == ckpt.STATE_FILE:
+            ckpt.load_trainer_state(folder)
+        else:
+            ckpt.load_policy_weights(load_model("tiny-random-llama")[0], folder)
+    assert "\n" not in str(caught.value) and (file in str(caught.value) or "model weights" in str(caught.value))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 4-step run with checkpoints at steps 2 and 4, and its final weights and metrics."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert grpo_main(grpo_args(out, "max_steps=4", "save_every=2")) == 0
+    finally:
+        os.chdir(cwd)
+    return out, load_file(out / "final" / "model.safetensors"), read_metrics(out / "metrics.jsonl")
+
+
+def flip_bytes(path: Path) -> None:
+    """Invert 4096 bytes in the middle of a file; its size stays the same."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(255 - b for b in data[middle : middle + 4096])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("file, harm", [("model.safetensors", flip_bytes),
+                                        (ckpt.STATE_FILE, lambda path: damage(path, "truncated"))],
+                         ids=["flipped-weights", "truncated-state"])
+def test_resume_auto_passes_over_a_damaged_checkpoint_and_says_so(finished_run, tmp_path, capsys, file, harm):
+    finished, final_weights, metrics = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(finished, out, symlinks=True)
+    harm(out / "checkpoints" / "step-000004" / file)
+
+    code, stdout, err = run_cli(capsys, grpo_args(out, "max_steps=4", "save_every=2", "resume=auto"))
+    assert code == 0, err
+    assert f"checkpoint {out / 'checkpoints' / 'step-000004'} is damaged: {file}" in stdout
+    assert f"resuming from {out / 'checkpoints' / 'step-000002'}, the newest checkpoint that verifies" in stdout
+    # Steps 3 and 4 were trained again from step 2: the same weights and metrics as the undamaged run.
+    resumed = load_file(out / "final" / "model.safetensors")
+    assert all(torch.equal(resumed[key], final_weights[key]) for key in final_weights)
+    timeless = [{k: v for k, v in row.items() if not k.startswith(("time", "tokens_per_second"))}
+                for rows in (metrics, read_metrics(out / "metrics.jsonl")) for row in rows]
+    assert timeless[: len(metrics)] == timeless[len(metrics):]
+
+
+def test_an_explicitly_named_damaged_checkpoint_is_refused_and_no_intact_one_is_an_error(finished_run, tmp_path,
+                                                                                       capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out, symlinks=True)
+    step4 = out / "checkpoints" / "step-000004"
+    flip_bytes(step4 / "model.safetensors")
+    error_line(*run_cli(capsys, grpo_args(tmp_path / "other", f"resume={step4}"))[::2],
+               f"checkpoint {step4} is damaged: model.safetensors has changed since it was written",
+               "resume from another checkpoint")
+    damage(out / "checkpoints" / "step-000002" / ckpt.STATE_FILE, "empty")
+    error_line(*run_cli(capsys, grpo_args(out, "max_steps=4", "resume=auto"))[::2],
+               f"no checkpoint of '{out}' verifies (step-000004: model.safetensors has changed",
+               "step-000002: trainer_state.pt has 0 bytes", "overwrite=true")
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume_and_said_so(finished_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out, symlinks=True)
+    kept = (out / "metrics.jsonl").read_text(encoding="utf-8")
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 5, "reward": 0.4')  # what a power cut leaves mid-line
+
+    code, stdout, err = run_cli(capsys, grpo_args(out, "max_steps=4", "save_every=2", "resume=auto"))
+    assert code == 0, err
+    assert f"{out / 'metrics.jsonl'}: dropped its last line, torn by an interrupted write" in stdout
+    assert (out / "metrics.jsonl").read_text(encoding="utf-8") == kept
+
+
+def test_a_damaged_metrics_line_before_the_last_is_named(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"metrics.jsonl:2: not a JSON line .*delete or repair that line"):
+        MetricsLogger(tmp_path, 3, truncate_after=3)
+
+
+# ------------------------------------------------------------- full disk
+def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def disk_fills_at_step_2(obj, path, *args, **kwargs):
+        if ".tmp-step-000002" in str(path):
+            Path(path).write_bytes(b"\0" * 1000)  # as far as the writer got
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills_at_step_2)
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=3", "save_every=1"))
+    step1, step2 = out / "checkpoints" / "step-000001", out / "checkpoints" / "step-000002"
+    error_line(code, err, f"disk full: checkpoint {step2} could not be written (OSError: [Errno 28] No space left on "
+               f"device); the previous checkpoint {step1} is intact: free space, then continue with resume=auto")
+    assert ckpt.verify_checkpoint(step1)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000001"]  # the partial folder is gone
+
+    monkeypatch.setattr(torch, "save", real_save)  # space freed
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=3", "save_every=1", "resume=auto"))
+    assert code == 0, err
+    assert ckpt.latest_checkpoint(out).name == "step-000003"
+
+
+def test_a_full_disk_reported_as_unexpected_pos_is_recognised(saved_checkpoint, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from grpo.models import load_model
+
+    model, tokenizer = load_model("tiny-random-llama")
+    run_dir = tmp_path / "run"
+    shutil.copytree(saved_checkpoint.parent, run_dir / "checkpoints")
+
+    def torch_writer_fails(obj, path, *args, **kwargs):
+        # What torch's zip writer raises when a write comes up short on a full disk.
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 15488 vs 15380")
+
+    monkeypatch.setattr(torch, "save", torch_writer_fails)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
+    with pytest.raises(CheckpointError, match=r"disk full: checkpoint .*step-000004 could not be written "
+                                              r"\(RuntimeError: .*unexpected pos 15488 vs 15380\); the previous "
+                                              r"checkpoint .*step-000003 is intact"):
+        ckpt.save_checkpoint(run_dir, 4, model, tokenizer, {})
+    # With space left the same failure is something else, and is not disguised.
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**9, 10**12 - 10**9))
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        ckpt.save_checkpoint(run_dir, 4, model, tokenizer, {})
+
+
+def test_a_full_disk_outside_a_checkpoint_is_one_line(tmp_path, capsys):
+    def run(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    error_line(*run_cli(capsys, grpo_args(tmp_path / "run"), lambda argv: grpo_main(argv, run=run))[::2],
+               "disk full (No space left on device); no checkpoint had been written yet")
