@@ -39,6 +39,7 @@ import torch
 
 from grpo import checkpoint as ckpt
 from grpo import distributed as dist
+from grpo import run_folder
 from grpo.config import RunConfig, check, option, save_config, to_dict
 from grpo.errors import ConfigError
 from grpo.guards import NonFiniteGuard, TooManySkippedSteps
@@ -245,6 +246,7 @@ def evaluate_loss(model, dev: list[TokenizedExample], dev_examples: list[dict], 
 # --------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------
+@run_folder.holds_run_dir
 def train_sft(cfg: SFTConfig) -> Path:
     """Run SFT as configured; returns the run folder.
 
@@ -287,6 +289,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         ckpt.set_rng_state(state["rng"])
         start_step = state["step"]
     if dist.is_main():
+        run_folder.start(run_dir)  # everything loaded: an old run being replaced moves aside only now
         save_config(cfg, run_dir / "config.toml")
 
     def save(step: int) -> None:
@@ -294,6 +297,7 @@ def train_sft(cfg: SFTConfig) -> Path:
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "sampler": sampler.state(), "rng": ckpt.rng_state(), "config": to_dict(cfg)}
             ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+            run_folder.commit(run_dir)
         dist.barrier()
 
     # A resumed run repeats the steps after its checkpoint: their old metric lines go.

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import weakref
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -60,6 +61,7 @@ class MetricsLogger:
             os.replace(tmp, self.path)
         self.file = open(self.path, "a", encoding="utf-8")
         self.bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True)
+        _open_loggers.add(self)
 
     def log(self, step: int, metrics: dict, advance: bool = True) -> None:
         """Write one line {"step", "time", **metrics}; advance the bar by one step if asked."""
@@ -84,6 +86,16 @@ class MetricsLogger:
         if self.enabled:
             self.bar.close()
             self.file.close()
+            _open_loggers.discard(self)
+
+
+_open_loggers: weakref.WeakSet[MetricsLogger] = weakref.WeakSet()
+
+
+def close_open_loggers() -> None:
+    """Close the loggers a run left open when it ended with an exception, so that a message starts on its own line."""
+    for logger in list(_open_loggers):
+        logger.close()
 
 
 def read_metrics(path) -> list[dict]:

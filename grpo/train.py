@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import sys
 
+from grpo import run_folder
 from grpo.config import GRPOConfig, describe, load_config
 from grpo.errors import UserError
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None, config_class=GRPOConfig, run=None, usage
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with resume=auto", file=sys.stderr)
+        print(run_folder.interrupted_note(cfg.out_dir) if cfg is not None else "interrupted", file=sys.stderr)
         return 130
     except OSError as err:
         # A checkpoint write says so itself (CheckpointError); this is any other write: metrics, eval outputs.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch
 from grpo import checkpoint as ckpt
 from grpo import distributed as dist
 from grpo import lora
+from grpo import run_folder
 from grpo.advantages import group_advantages
 from grpo.config import GRPOConfig, save_config, to_dict
 from grpo.data import make_examples, read_jsonl, split_path
@@ -144,11 +144,11 @@ def resume_checkpoint(cfg, run_dir: Path) -> Path | None:
 
 
 def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
-    """Create the run folder; refuse to clobber a finished or running one unless told.
+    """Claim the run folder for this run; refuse to clobber a finished or running one unless told.
 
     Returns the folder and the checkpoint to resume from (or None). Under
-    torchrun rank 0 checks and creates the folder and picks the checkpoint;
-    the other ranks receive its choice.
+    torchrun rank 0 claims the folder and picks the checkpoint; the other
+    ranks receive its choice.
     """
     run_dir = Path(cfg.out_dir)
     resume_from = _claim_run_dir(cfg, run_dir) if dist.is_main() else None
@@ -156,6 +156,7 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
 
 
 def _claim_run_dir(cfg, run_dir: Path) -> Path | None:
+    run_folder.lock(run_dir)
     resume_from = resume_checkpoint(cfg, run_dir)
     holds_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
     if holds_run and resume_from is None:
@@ -167,8 +168,8 @@ def _claim_run_dir(cfg, run_dir: Path) -> Path | None:
                 f"out_dir '{run_dir}' already holds a run. Pass resume=auto to continue it, "
                 f"overwrite=true to replace it, or choose another out_dir."
             )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        # Replaced only once the new run has loaded everything it needs (run_folder.start).
+        run_folder.replace_on_start(run_dir)
     return resume_from
 
 
@@ -443,6 +444,7 @@ def check_resume_matches(cfg, saved_config: dict, checkpoint: Path, keys: tuple[
                           + "\nUse the run's own config.toml, or start a new run.")
 
 
+@run_folder.holds_run_dir
 def train(cfg: GRPOConfig) -> Path:
     """Run GRPO as configured; returns the run folder."""
     if cfg.threads:
@@ -499,12 +501,14 @@ def train(cfg: GRPOConfig) -> Path:
                      "sampler": sampler.state(), "rng": rng, "config": to_dict(cfg),
                      "reward_identity": reward_identity(reward_fn)}
             ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints, weights=weights)
+            run_folder.commit(run_dir)
         dist.barrier()
 
     # Dev evaluation is rank 0's; with sharded weights every rank takes part in its generation.
     evaluates_here = dist.is_main() or cfg.fsdp
 
     if dist.is_main():
+        run_folder.start(run_dir)  # everything loaded: an old run being replaced moves aside only now
         save_config(cfg, run_dir / "config.toml")
     logger = MetricsLogger(run_dir, cfg.max_steps, bar_keys=("reward", "kl", "eval/reward"), enabled=dist.is_main(),
                            initial_step=start_step, truncate_after=start_step if resume_from else None)

@@ -18,6 +18,9 @@ Damage and interruptions
   - flipped bytes in a checkpoint are caught by its manifest
   - a torn last line of metrics.jsonl is dropped on resume, and said so
   - a full disk names the checkpoint being written and leaves the previous one intact
+  - two processes never share a run folder; a killed one does not block the next
+  - overwrite=true keeps the old run until the new one has a checkpoint
+  - Ctrl-C says what is true: where to resume from, or that there is nothing to resume
 
 The kills with SIGKILL (during a checkpoint, during its manifest) are in test_resume.py.
 """
@@ -40,7 +43,7 @@ import torch
 from safetensors.torch import load_file
 
 from grpo import checkpoint as ckpt
-from grpo import trainer
+from grpo import run_folder, trainer
 from grpo.config import GRPOConfig, load_config
 from grpo.errors import CheckpointError, ConfigError, DataError, RewardError
 from grpo.metrics import MetricsLogger, read_metrics
@@ -431,3 +434,123 @@ def test_a_full_disk_outside_a_checkpoint_is_one_line(tmp_path, capsys):
 
     error_line(*run_cli(capsys, grpo_args(tmp_path / "run"), lambda argv: grpo_main(argv, run=run))[::2],
                "disk full (No space left on device); no checkpoint had been written yet")
+
+
+# ------------------------------------------------------------- the run lock
+HOLD_LOCK = ("import sys, time\nfrom grpo import run_folder\nrun_folder.lock(sys.argv[1])\n"
+             "print('locked', flush=True)\ntime.sleep(600)\n")
+
+
+def test_a_second_process_on_the_same_out_dir_is_refused_and_a_killed_one_does_not_block(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], cwd=ROOT, env=env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        error_line(*run_cli(capsys, grpo_args(out, "max_steps=1"))[::2],
+                   f"out_dir '{out}' is in use by another run (pid {holder.pid}); wait for it to end")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (out / run_folder.LOCK_FILE).read_text().strip() == str(holder.pid)  # the stale lock file is still there
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=1"))
+    assert code == 0, err
+
+
+def test_a_run_holds_its_lock_while_it_trains(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    seen = []
+
+    def try_the_lock():
+        with open(out / run_folder.LOCK_FILE) as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("free")
+            except BlockingIOError:
+                seen.append("held")
+
+    monkeypatch.setattr(trainer, "build_reward_from_config", lambda cfg: Scores(try_the_lock))
+    trainer.train(load_config(GRPOConfig, overrides=grpo_args(out, "max_steps=2")))
+    assert len(seen) >= 2 and set(seen) == {"held"}  # at every step (and dev evaluation)
+    try_the_lock()
+    assert seen[-1] == "free", "the lock outlived the run"
+
+
+# ----------------------------------------------------- overwrite=true
+@pytest.fixture
+def old_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=1"))
+    assert code == 0, err
+    return out, state_of(out)
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(old_run, capsys):
+    out, before = old_run
+    error_line(*run_cli(capsys, grpo_args(out, "overwrite=true", "data=data/mt-typo"))[::2], "data/mt-typo")
+    error_line(*run_cli(capsys, grpo_args(out, "overwrite=true", "model=tiny-random-lama"))[::2], "tiny-random-lama")
+    assert state_of(out) == before
+
+
+def test_overwrite_puts_the_old_run_back_if_the_new_one_stops_before_its_first_checkpoint(old_run, capsys):
+    out, before = old_run
+    code, stdout, err = run_cli(capsys, grpo_args(out, "overwrite=true", "max_steps=3",
+                                                  "custom_reward=support_rewards:always_raises"))
+    error_line(code, err, "samples could not be scored")
+    assert "the run it was to replace is back in place, untouched" in stdout
+    assert state_of(out) == before
+
+
+def test_overwrite_replaces_the_old_run_once_the_new_one_has_a_checkpoint(old_run, capsys):
+    out, before = old_run
+    code, _, err = run_cli(capsys, grpo_args(out, "overwrite=true", "max_steps=2"))
+    assert code == 0, err
+    assert not (out / run_folder.REPLACED).exists()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
+    assert state_of(out)["config.toml"] != before["config.toml"]
+
+
+def test_an_overwrite_killed_before_its_first_checkpoint_is_undone_at_the_next_start(old_run):
+    out, before = old_run
+    # What a SIGKILL leaves: the old run set aside, the new run's first files written, no checkpoint yet.
+    run_folder.lock(out)
+    run_folder.replace_on_start(out)
+    run_folder.start(out)
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    (out / "checkpoints" / ".tmp-step-000001").mkdir(parents=True)
+    run_folder._claims.pop(run_folder._key(out)).lock_file.close()  # the process dies holding nothing
+
+    run_folder.lock(out)
+    run_folder.release(out)
+    assert state_of(out) == before
+
+
+# ------------------------------------------------------------------ Ctrl-C
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, capsys, monkeypatch):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "build_reward_from_config", lambda cfg: Scores(interrupt))
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=3"))
+    assert code == 130
+    assert err.endswith("\ninterrupted before the first checkpoint: there is nothing to resume. "
+                        "Start again with overwrite=true\n"), err
+    # ... and it is true:
+    error_line(*run_cli(capsys, grpo_args(out, "max_steps=3", "resume=auto"))[::2],
+               "holds a run without a checkpoint to resume from; pass overwrite=true")
+
+
+def test_ctrl_c_after_a_checkpoint_says_where_to_resume_from(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def interrupt_at_step_2():
+        calls.append(1)
+        if len(calls) == 3:  # dev evaluation at step 0, step 1 (then its checkpoint), step 2
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "build_reward_from_config", lambda cfg: Scores(interrupt_at_step_2))
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=3", "save_every=1"))
+    assert code == 130
+    assert err.endswith(f"\ninterrupted; continue from {out / 'checkpoints' / 'step-000001'} with resume=auto\n"), err
