@@ -425,23 +425,43 @@ def evaluate(model, tokenizer, reward_fn, examples, cfg, run_dir: Path, step: in
 # --------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------
-# fsdp: a sharded run saves its optimizer state keyed by parameter name, an unsharded one by position.
-RESUME_KEYS = ("model", "lora_r", "task", "data", "source_lang", "target_lang", "prompts_per_step", "group_size",
-               "reward_weights", "encoder", "encoder_pooling", "tau", "custom_reward", "fsdp")
+# The one resume rule, for every key of GRPO and SFT: a key in RESUME_MAY_CHANGE may differ from the
+# checkpoint's config, takes effect, and is reported; any other difference refuses the resume.
+# These keys change where, when and how long the run goes on, evaluates, saves and stops, or only how
+# the same gradient is cut into pieces; every other key changes what is trained.
+RESUME_LOCATION_KEYS = frozenset({"out_dir", "overwrite", "resume"})  # where it continues: not reported
+RESUME_MAY_CHANGE = RESUME_LOCATION_KEYS | {
+    "max_steps", "epochs",                                  # run length (the cosine schedule follows the new end)
+    "eval_every", "save_every", "keep_checkpoints",         # cadence
+    "dev_limit", "eval_max_new_tokens",                     # dev evaluation only
+    "max_skipped_steps", "max_reward_failures", "max_unread_target_chars",  # when a failing run stops
+    "threads",                                              # speed
+    "micro_batch_size", "grad_accum_steps", "logprob_chunk_tokens", "share_prompt_pass",  # memory: same gradient
+}
 
 
-def check_resume_matches(cfg, saved_config: dict, checkpoint: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None:
+def check_resume_matches(cfg, saved_config: dict, checkpoint: Path) -> list[str]:
     """Refuse to continue a checkpoint under a config that changes what it was trained on.
 
+    Prints (rank 0) and returns the allowed changes as "key: checkpoint X, now Y".
     A key missing from an older checkpoint's config had its default value then.
     """
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    saved = {key: saved_config.get(key, defaults[key]) for key in keys}
-    changed = [f"{key}: checkpoint {saved[key]!r}, now {getattr(cfg, key)!r}"
-               for key in keys if saved[key] != getattr(cfg, key)]
-    if changed:
-        raise ConfigError(f"cannot resume from {checkpoint}: the config differs in\n  " + "\n  ".join(changed)
-                          + "\nUse the run's own config.toml, or start a new run.")
+    def default(f):
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+    saved = {f.name: saved_config.get(f.name, default(f)) for f in dataclasses.fields(cfg)}
+    changed = {key: f"{key}: checkpoint {saved[key]!r}, now {getattr(cfg, key)!r}"
+               for key in saved if saved[key] != getattr(cfg, key)}
+    refused = [text for key, text in changed.items() if key not in RESUME_MAY_CHANGE]
+    if refused:
+        allowed = sorted(RESUME_MAY_CHANGE - RESUME_LOCATION_KEYS)
+        raise ConfigError(f"cannot resume from {checkpoint}: the config differs in " + "; ".join(refused)
+                          + f". Only {', '.join(allowed)} may change on resume: use the run's own config.toml "
+                          "with those changes, or start a new run")
+    reported = [text for key, text in changed.items() if key not in RESUME_LOCATION_KEYS]
+    if reported and dist.is_main():
+        print("changed on resume: " + "; ".join(reported))
+    return reported
 
 
 @run_folder.holds_run_dir
@@ -453,6 +473,7 @@ def train(cfg: GRPOConfig) -> Path:
     if cfg.fsdp and world_size < 2:
         raise ConfigError("fsdp = true shards the weights over the processes of a torchrun launch; "
                           "start it with torchrun --nproc_per_node N (N >= 2), or leave fsdp off")
+    requested = cfg  # what config.toml and checkpoints record: device "cuda", not this rank's "cuda:1"
     if dist.local_device(cfg.device) != cfg.device:
         cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
     torch.manual_seed(cfg.seed)  # the same on every rank until the model (and its LoRA init) is loaded
@@ -464,7 +485,7 @@ def train(cfg: GRPOConfig) -> Path:
     reference = Reference(model, shard=cfg.fsdp) if cfg.beta > 0 else None
     state = ckpt.load_trainer_state(resume_from) if resume_from is not None else None
     if state is not None:
-        check_resume_matches(cfg, state["config"], resume_from)
+        check_resume_matches(requested, state["config"], resume_from)
         ckpt.load_policy_weights(model, resume_from)  # before sharding: every rank reads the whole weights
     if cfg.fsdp:
         dist.shard_model(model)
@@ -498,7 +519,7 @@ def train(cfg: GRPOConfig) -> Path:
         weights, optimizer_state = ckpt.full_weights(model), ckpt.optimizer_state(model, optimizer)
         if dist.is_main():
             state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                     "sampler": sampler.state(), "rng": rng, "config": to_dict(cfg),
+                     "sampler": sampler.state(), "rng": rng, "config": to_dict(requested),
                      "reward_identity": reward_identity(reward_fn)}
             ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints, weights=weights)
             run_folder.commit(run_dir)
@@ -509,7 +530,7 @@ def train(cfg: GRPOConfig) -> Path:
 
     if dist.is_main():
         run_folder.start(run_dir)  # everything loaded: an old run being replaced moves aside only now
-        save_config(cfg, run_dir / "config.toml")
+        save_config(requested, run_dir / "config.toml")
     logger = MetricsLogger(run_dir, cfg.max_steps, bar_keys=("reward", "kl", "eval/reward"), enabled=dist.is_main(),
                            initial_step=start_step, truncate_after=start_step if resume_from else None)
     logger.message(f"run folder: {run_dir}  |  {len(train_examples)} train / {len(dev_examples)} dev examples"

@@ -10,6 +10,7 @@ Bad input
   - every float setting must be finite
   - a reward encoder folder without a tokenizer is refused
   - an encoder that cannot read the training targets stops the run before training, unless overridden
+  - on resume a setting either may change (it takes effect and is reported) or the resume is refused, naming it
   - alignment_tax checks every model, and that the tokenizers match, before any evaluation
   - every entry point answers --help, and a malformed key=value is one line
 
@@ -182,6 +183,45 @@ def test_an_encoder_that_cannot_read_the_targets_stops_before_training_unless_ov
     code, _, err = run_cli(capsys, [*args, "max_unread_target_chars=1.0"])
     assert code == 0, err
     assert [row["step"] for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in row] == [1]
+
+
+# -------------------------------------------------------------- resume rule
+@pytest.fixture
+def two_step_run(tmp_path, capsys):
+    """A finished 2-step run with a checkpoint after each step."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=2", "save_every=1"))
+    assert code == 0, err
+    return out
+
+
+def test_a_changed_lr_on_resume_is_refused_and_the_recorded_config_kept(two_step_run, capsys):
+    recorded = (two_step_run / "config.toml").read_bytes()
+    code, _, err = run_cli(capsys, grpo_args(two_step_run, "max_steps=3", "resume=auto", "lr=0.5"))
+    line = error_line(code, err, f"cannot resume from {two_step_run / 'checkpoints' / 'step-000002'}",
+                      "lr: checkpoint 0.01, now 0.5", "Only ", "max_steps")
+    assert "max_steps: checkpoint" not in line  # an allowed change is not a reason to refuse
+    assert (two_step_run / "config.toml").read_bytes() == recorded
+
+
+def test_a_safe_change_on_resume_takes_effect_and_is_reported(two_step_run, capsys):
+    code, out, err = run_cli(capsys, grpo_args(two_step_run, "max_steps=3", "resume=auto", "save_every=3"))
+    assert code == 0, err
+    assert "changed on resume: max_steps: checkpoint 2, now 3; save_every: checkpoint 1, now 3" in out
+    assert [row["step"] for row in read_metrics(two_step_run / "metrics.jsonl") if "reward" in row] == [1, 2, 3]
+    assert load_config(GRPOConfig, two_step_run / "config.toml").max_steps == 3  # the config that ran
+
+
+@pytest.mark.parametrize("key, value", [("lr", 0.5), ("length_min", 2), ("temperature", 0.5), ("seed", 7),
+                                        ("device", "cuda"), ("lora_alpha", 4.0), ("mu", 2)])
+def test_every_other_key_refuses_the_resume(key, value):
+    # Keys the old resume check ignored: a change to any of them was silently dropped.
+    cfg = load_config(GRPOConfig)
+    saved = {**trainer.to_dict(cfg), key: value}
+    with pytest.raises(ConfigError, match=f"config differs in {key}: checkpoint {value!r}, now"):
+        trainer.check_resume_matches(cfg, saved, Path("ckpt"))
+    assert trainer.check_resume_matches(cfg, {**trainer.to_dict(cfg), "eval_every": 1, "resume": "x"},
+                                        Path("ckpt")) == ["eval_every: checkpoint 1, now 10"]
 
 
 # ------------------------------------------------------------ alignment tax
