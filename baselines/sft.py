@@ -39,6 +39,7 @@ import torch
 
 from grpo import checkpoint as ckpt
 from grpo import distributed as dist
+from grpo import run_folder
 from grpo.config import RunConfig, check, option, save_config, to_dict
 from grpo.errors import ConfigError
 from grpo.guards import NonFiniteGuard, TooManySkippedSteps
@@ -56,8 +57,6 @@ from grpo.trainer import (
     trainable_parameters,
     warmup_cosine,
 )
-
-SFT_RESUME_KEYS = ("model", "lora_r", "task", "data", "source_lang", "target_lang", "limit", "batch_size", "epochs")
 
 
 @dataclasses.dataclass
@@ -245,6 +244,7 @@ def evaluate_loss(model, dev: list[TokenizedExample], dev_examples: list[dict], 
 # --------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------
+@run_folder.holds_run_dir
 def train_sft(cfg: SFTConfig) -> Path:
     """Run SFT as configured; returns the run folder.
 
@@ -255,6 +255,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world_size = dist.init(cfg.device)
+    requested = cfg  # what config.toml and checkpoints record: device "cuda", not this rank's "cuda:1"
     if dist.local_device(cfg.device) != cfg.device:
         cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
     if cfg.batch_size % (world_size * cfg.grad_accum_steps):
@@ -279,7 +280,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     start_step = 0
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
-        check_resume_matches(cfg, state["config"], resume_from, SFT_RESUME_KEYS)
+        check_resume_matches(requested, state["config"], resume_from)
         ckpt.load_policy_weights(model, resume_from)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -287,13 +288,15 @@ def train_sft(cfg: SFTConfig) -> Path:
         ckpt.set_rng_state(state["rng"])
         start_step = state["step"]
     if dist.is_main():
-        save_config(cfg, run_dir / "config.toml")
+        run_folder.start(run_dir)  # everything loaded: an old run being replaced moves aside only now
+        save_config(requested, run_dir / "config.toml")
 
     def save(step: int) -> None:
         if dist.is_main():
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "sampler": sampler.state(), "rng": ckpt.rng_state(), "config": to_dict(cfg)}
+                     "sampler": sampler.state(), "rng": ckpt.rng_state(), "config": to_dict(requested)}
             ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+            run_folder.commit(run_dir)
         dist.barrier()
 
     # A resumed run repeats the steps after its checkpoint: their old metric lines go.

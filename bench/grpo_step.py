@@ -144,12 +144,15 @@ def prompts_cut_to(prompt_tokens: int):
 def run(overrides: dict) -> dict:
     """Train for `steps` steps and summarise the timings of the steps after `warmup`."""
     from grpo.config import GRPOConfig, load_config
+    from grpo.errors import ConfigError
     from grpo.metrics import read_metrics
     from grpo.trainer import train
 
-    steps = int(overrides.pop("steps", 5))
-    warmup = int(overrides.pop("warmup", 1))
-    prompt_tokens = int(overrides.pop("prompt_tokens", 0))
+    steps, warmup = overrides.pop("steps", 5), overrides.pop("warmup", 1)
+    prompt_tokens = overrides.pop("prompt_tokens", 0)
+    for key, value, least in (("steps", steps, 1), ("warmup", warmup, 0), ("prompt_tokens", prompt_tokens, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"bench option '{key}' takes an integer >= {least}; got {value!r}")
     settings = {**BENCH_DEFAULTS, **({"max_prompt_tokens": 0} if prompt_tokens else {}), **overrides,
                 "max_steps": steps, "eval_every": 0, "save_every": 0}
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,13 +201,21 @@ def run(overrides: dict) -> dict:
     }
 
 
-def main(argv: list[str]) -> None:
-    from grpo.config import parse_value
+def main(argv: list[str]) -> int:
+    from grpo.config import parse_overrides
+    from grpo.errors import UserError
 
-    overrides = dict(arg.split("=", 1) for arg in argv)
-    result = run({key: parse_value(value) for key, value in overrides.items()})
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__)
+        return 0
+    try:
+        result = run(dict(parse_overrides(argv)))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.drift import DriftResult
+from eval.drift import DriftResult, check_same_tokenizer
 from eval.suite import DEFAULT_SUITE, Suite, load_suite
 from grpo.checkpoint import latest_checkpoint
 from grpo.errors import ModelError, UserError
-from grpo.models import DTYPES, load_model
+from grpo.models import BUILTIN_MODELS, DTYPES, TINY_MODEL, load_model, load_tokenizer
 
 DEFAULT_OUT_DIR = Path("runs") / "alignment-tax"
 
@@ -59,6 +59,26 @@ def resolve_tuned(spec: str) -> str:
                              "train until a checkpoint is saved or pass a checkpoint folder")
         return str(latest)
     return spec
+
+
+def check_models(args) -> None:
+    """Before any evaluation: every model name resolves, and each tuned model uses the base's tokenizer.
+
+    Only tokenizers are loaded, so a mistake in the last --tuned costs seconds, not a whole base evaluation.
+    """
+    base_tokenizer = _tokenizer_of("--base", args.base, args.base)
+    for spec in args.tuned:
+        check_same_tokenizer(base_tokenizer, _tokenizer_of("--tuned", spec, resolve_tuned(spec)), spec)
+
+
+def _tokenizer_of(option: str, spec: str, resolved: str):
+    try:
+        return load_tokenizer(resolved)
+    except ModelError:
+        if Path(spec).exists() or spec in BUILTIN_MODELS or spec == TINY_MODEL:
+            raise
+        raise ModelError(f"{option} '{spec}' does not exist: it is not a folder, a builtin model name or a hub id "
+                         "in the local cache") from None
 
 
 def model_label(spec: str, resolved: str) -> str:
@@ -287,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         suite = load_suite(args.suite)
+        check_models(args)
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
         report, drift_results = measure(args, suite, out_dir)

@@ -163,6 +163,29 @@ def pad_sequences(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.
     return ids, mask
 
 
+# Scripts, digits, spacing and punctuation: tokenizers that split any of them differently disagree on it.
+TOKENIZER_SAMPLE = "The 3 cats sat on 12 mats, naïve café!  藏文是藏族的文字。 བོད་ཡིག x=42\n\tend"
+
+
+def check_same_tokenizer(base_tokenizer, tuned_tokenizer, tuned_label: str) -> None:
+    """ModelError unless both tokenizers have one vocabulary and encode a sample text alike.
+
+    Drift and the benchmarks feed one tokenizer's ids to both models; equal
+    vocabulary sizes do not show that an id means the same token to both.
+    """
+    base_vocab, tuned_vocab = base_tokenizer.get_vocab(), tuned_tokenizer.get_vocab()
+    differing = sorted(t for t in base_vocab.keys() | tuned_vocab.keys() if base_vocab.get(t) != tuned_vocab.get(t))
+    if differing:
+        problem = (f"{len(differing)} tokens have another id or none (e.g. {differing[0]!r}: "
+                   f"{base_vocab.get(differing[0])} in the base, {tuned_vocab.get(differing[0])} in the tuned model)")
+    elif base_tokenizer(TOKENIZER_SAMPLE).input_ids != tuned_tokenizer(TOKENIZER_SAMPLE).input_ids:
+        problem = "the vocabularies match but a sample text encodes differently"
+    else:
+        return
+    raise ModelError(f"tuned model '{tuned_label}' does not use the base model's tokenizer: {problem}. "
+                     "Probes compare both models on the same token ids; pass the base model it was trained from")
+
+
 @torch.inference_mode()
 def measure_pairs(
     base_model,

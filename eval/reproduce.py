@@ -253,8 +253,8 @@ class Stages:
         sft_lr = float(sft_label.split("-lr")[1])
         grpo_lr = float(grpo_label.split("-lr")[1])
         targets = [("headline/base", "base"),
-                   (f"headline/sft-s0", str(checkpoint_folder(self.out, sft_label, sft_step))),
-                   (f"headline/grpo-s0", str(checkpoint_folder(self.out, grpo_label, grpo_step)))]
+                   ("headline/sft-s0", str(checkpoint_folder(self.out, sft_label, sft_step))),
+                   ("headline/grpo-s0", str(checkpoint_folder(self.out, grpo_label, grpo_step)))]
         for seed in self.plan.seeds:
             sft = sft_run(task, sft_lr, sft_step, sft_step, self.plan, self.out, seed)
             cold = cold_start_run(task, self.plan, self.out, seed)

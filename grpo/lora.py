@@ -148,8 +148,16 @@ class LoraLinear(nn.Module):
         return self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))))
 
     def delta_weight(self) -> torch.Tensor:
-        """The update as a dense matrix, in float32: dW = (alpha / r) * B @ A, [out, in]."""
-        return self.scaling * (self.lora_B.weight.float() @ self.lora_A.weight.float())
+        """The update as a dense matrix: dW = (alpha / r) * B @ A, [out, in].
+
+        Computed in float32, or in the weight's own dtype when that is wider (float64).
+        """
+        dtype = self._merge_dtype()
+        return self.scaling * (self.lora_B.weight.to(dtype) @ self.lora_A.weight.to(dtype))
+
+    def _merge_dtype(self) -> torch.dtype:
+        # At least float32, so a bf16 W loses no more than one rounding; never narrower than W itself.
+        return torch.promote_types(self.base_layer.weight.dtype, torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """h = W x + b + (alpha / r) * B A dropout(x); x [*, in] -> h [*, out]."""
@@ -167,8 +175,8 @@ class LoraLinear(nn.Module):
         if self.merged:
             return
         weight = self.base_layer.weight
-        # Add in float32 and round once, so a bf16 W loses no more than one rounding.
-        weight.copy_(weight.float() + self.delta_weight())
+        # Add in float32 (or wider) and round once into W's dtype.
+        weight.copy_(weight.to(self._merge_dtype()) + self.delta_weight())
         self.merged = True
 
     @torch.no_grad()
@@ -177,7 +185,7 @@ class LoraLinear(nn.Module):
         if not self.merged:
             return
         weight = self.base_layer.weight
-        weight.copy_(weight.float() - self.delta_weight())
+        weight.copy_(weight.to(self._merge_dtype()) - self.delta_weight())
         self.merged = False
 
     def extra_repr(self) -> str:

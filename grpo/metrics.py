@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+import weakref
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from grpo.errors import ConfigError
+from grpo.errors import ConfigError, DataError
 
 
 def _plain(value):
@@ -87,10 +89,17 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if truncate_after is not None and self.path.exists():
             # A resumed run repeats the steps after its checkpoint: drop their old lines.
-            kept = [row for row in read_metrics(self.path) if row["step"] <= truncate_after]
-            self.path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
+            rows, torn = read_metrics_of_interrupted_run(self.path)
+            if torn is not None:
+                print(f"{self.path}: dropped its last line, torn by an interrupted write: {torn[:60]!r}")
+            kept = [row for row in rows if row["step"] <= truncate_after]
+            # Replaced in one rename: a kill mid-rewrite must not lose the lines being kept.
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
         self.file = open(self.path, "a", encoding="utf-8")
         self.bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True)
+        _open_loggers.add(self)
 
     def log(self, step: int, metrics: dict, advance: bool = True) -> None:
         """Write one line {"step", "time", **metrics}; advance the bar by one step if asked."""
@@ -136,9 +145,40 @@ class MetricsLogger:
             self.file.close()
             if self.tensorboard is not None:
                 self.tensorboard.close()
+            _open_loggers.discard(self)
+
+
+_open_loggers: weakref.WeakSet[MetricsLogger] = weakref.WeakSet()
+
+
+def close_open_loggers() -> None:
+    """Close the loggers a run left open when it ended with an exception, so that a message starts on its own line."""
+    for logger in list(_open_loggers):
+        logger.close()
 
 
 def read_metrics(path) -> list[dict]:
     """All rows of a metrics.jsonl file."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_metrics_of_interrupted_run(path) -> tuple[list[dict], str | None]:
+    """The rows of a metrics.jsonl that a crash, power cut or full disk may have cut short, and its torn last line.
+
+    Only the last line can be torn (lines are appended and flushed one at a
+    time); a line elsewhere that is not JSON is damage, a DataError naming it.
+    """
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    rows, torn = [], None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise DataError(f"{path}:{number}: not a JSON line ({err.msg}); delete or repair that line, "
+                                "then resume again") from None
+            torn = line
+    return rows, torn

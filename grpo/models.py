@@ -281,5 +281,9 @@ if __name__ == "__main__":
     # `python -m grpo.models NAME ...` converts builtin models ahead of time (make install does this).
     import sys
 
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(f"python -m grpo.models [NAME ...]: convert builtin models into cached folders and print where "
+              f"(default: smollm2-135m {TINY_MODEL}); builtin names: {', '.join([*BUILTIN_MODELS, TINY_MODEL])}")
+        sys.exit(0)
     for name in sys.argv[1:] or ["smollm2-135m", TINY_MODEL]:
         print(name, "->", resolve_model_path(name))

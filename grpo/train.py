@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
+from grpo import run_folder
 from grpo.config import GRPOConfig, describe, load_config
 from grpo.errors import UserError
 
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None, config_class=GRPOConfig, run=None, usage
         print(usage or __doc__)
         print(describe(config_class))
         return 0
+    cfg = None
     try:
         preset, overrides = split_args(argv)
         cfg = load_config(config_class, preset, overrides)
@@ -35,8 +38,17 @@ def main(argv: list[str] | None = None, config_class=GRPOConfig, run=None, usage
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with resume=auto", file=sys.stderr)
+        print(run_folder.interrupted_note(cfg.out_dir) if cfg is not None else "interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        # A checkpoint write says so itself (CheckpointError); this is any other write: metrics, eval outputs.
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or cfg is None:
+            raise
+        from grpo.checkpoint import what_is_left
+
+        print(f"error: disk full ({err.strerror}{f': {err.filename}' if err.filename else ''}); "
+              f"{what_is_left(cfg.out_dir)}", file=sys.stderr)
+        return 2
     return 0
 
 

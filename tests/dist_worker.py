@@ -8,6 +8,11 @@ its own share of the groups; rank 0 saves the updated weights (whole, also
 when `fsdp` shards them) and the gradient norm of the update. With `fsdp`
 the rollout is sampled with the sharded model too. `lora` trains adapters
 on q_proj and v_proj instead of all weights.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_worker.py OUT.pt advantages
+
+Each process scores its own groups of GLOBAL_REWARDS; rank 0 saves the
+advantages of every row as the trainer computes them (scale_rewards = "batch").
 """
 
 import sys
@@ -43,6 +48,23 @@ def check_ranks_stop_sampling_together(model, tokenizer) -> None:
     model.generation_config.eos_token_id = saved
     expected = 1 if dist.rank() == 0 else 5
     assert rollout.completion_lengths.tolist() == [expected, expected], rollout.completion_lengths
+
+
+# Rank 0's two groups spread little, rank 1's a lot: each rank's own std is far from the batch's. One reward failed.
+GLOBAL_REWARDS = torch.tensor([0.50, 0.52, 0.48, 0.50, 0.49, 0.51, 0.50, float("nan"),
+                               0.0, 1.0, 0.2, 0.9, 1.0, 0.0, 0.1, 0.8])
+
+
+def advantages_main(out_path: str) -> None:
+    rank, world = dist.init("cpu")
+    rows = slice(rank * PROMPTS * GROUP // world, (rank + 1) * PROMPTS * GROUP // world)
+    cfg = load_config(GRPOConfig, overrides={"prompts_per_step": PROMPTS // world, "group_size": GROUP,
+                                                 "scale_rewards": "batch"})
+    advantages, zero_std = trainer.global_group_advantages(GLOBAL_REWARDS[rows], cfg)
+    every_row = dist.all_gather_rows(advantages)
+    if dist.is_main():
+        torch.save({"advantages": every_row, "zero_std": zero_std}, out_path)
+    dist.shutdown()
 
 
 def main(out_path: str, aggregation: str, fsdp: bool, lora: bool) -> None:
@@ -84,4 +106,7 @@ def main(out_path: str, aggregation: str, fsdp: bool, lora: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], fsdp="fsdp" in sys.argv[3:], lora="lora" in sys.argv[3:])
+    if sys.argv[2] == "advantages":
+        advantages_main(sys.argv[1])
+    else:
+        main(sys.argv[1], sys.argv[2], fsdp="fsdp" in sys.argv[3:], lora="lora" in sys.argv[3:])

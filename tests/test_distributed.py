@@ -1,5 +1,5 @@
 """Two processes under gloo produce the update of one process on the same global batch, with and without FSDP,
-and for SFT;
+and for SFT; batch-std advantages use the std of the global batch;
 a sharded torchrun training run writes whole checkpoints and resumes from them exactly."""
 
 import math
@@ -63,6 +63,22 @@ def test_two_gloo_processes_match_one_process(tmp_path, one_process, aggregation
         assert all(not torch.equal(start[key], two[key]) for key in start)
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-6), key
+
+
+def test_batch_std_is_the_global_batch_std_under_two_gloo_processes(tmp_path):
+    """scale_rewards = "batch": A_i = (r_i - mean of its group) / (std of every valid reward of all ranks + eps)."""
+    import numpy as np
+
+    from dist_worker import GLOBAL_REWARDS, GROUP
+
+    two = two_processes(tmp_path / "two.pt", "advantages")
+    rewards = GLOBAL_REWARDS.double().numpy().reshape(-1, GROUP)
+    valid = ~np.isnan(rewards)
+    group_means = np.nansum(rewards, axis=1, keepdims=True) / valid.sum(axis=1, keepdims=True)
+    batch_std = np.std(rewards[valid], ddof=1)  # unbiased, over the 15 valid rewards of both ranks
+    expected = np.where(valid, (rewards - group_means) / (batch_std + 1e-4), 0.0).flatten()
+    assert two["advantages"].numpy() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert two["zero_std"].tolist() == [False] * 4
 
 
 def train_fsdp(out_dir, *extra: str) -> None:

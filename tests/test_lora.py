@@ -23,6 +23,7 @@ from grpo.lora import (
     lora_parameters,
     lora_state_dict,
     load_adapter,
+    merge_and_unload,
     merge_lora,
     save_adapter,
     unmerge_lora,
@@ -173,6 +174,27 @@ def test_merged_forward_equals_unmerged_and_unmerge_restores_weights():
     for name, layer in lora_layers(model):
         torch.testing.assert_close(layer.base_layer.weight.detach(), original_weights[name], rtol=0, atol=1e-6)
     torch.testing.assert_close(logits(model), adapted_logits, rtol=0, atol=1e-5)
+
+
+def test_merge_keeps_a_float64_weight_in_float64():
+    """W + (alpha / r) B A computed in float64, exactly as written, for a float64 layer (not rounded through float32)."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"q_proj": nn.Linear(32, 16, dtype=torch.float64)})
+    apply_lora(model, r=4, alpha=8, target_modules=["q_proj"])
+    layer = model["q_proj"]
+    nn.init.normal_(layer.lora_B.weight)
+    weight = layer.base_layer.weight.detach().clone()
+    expected = weight + 2.0 * (layer.lora_B.weight.detach() @ layer.lora_A.weight.detach())
+    assert expected.dtype == torch.float64
+
+    merge_lora(model)
+    assert layer.base_layer.weight.dtype == torch.float64
+    torch.testing.assert_close(layer.base_layer.weight.detach(), expected, rtol=0, atol=1e-14)
+    unmerge_lora(model)
+    torch.testing.assert_close(layer.base_layer.weight.detach(), weight, rtol=0, atol=1e-14)
+
+    merge_and_unload(model)
+    torch.testing.assert_close(model["q_proj"].weight.detach(), expected, rtol=0, atol=1e-14)
 
 
 def test_only_lora_parameters_are_trainable_and_receive_gradients():

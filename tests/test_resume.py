@@ -1,4 +1,5 @@
-"""Resume exactly: a run killed with SIGKILL after a checkpoint and resumed matches an uninterrupted run."""
+"""Resume exactly: a run killed with SIGKILL after a checkpoint, or while writing one, and resumed matches an
+uninterrupted run."""
 
 import os
 import signal
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -33,10 +35,25 @@ def comparable(rows):
     return [{k: v for k, v in row.items() if not k.startswith(TIMING_KEYS)} for row in rows]
 
 
-def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path):
-    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The 6-step run of run_args, never interrupted."""
+    whole = tmp_path_factory.mktemp("whole") / "run"
     subprocess.run(run_args(whole), cwd=ROOT, env=env(), check=True, capture_output=True)
+    return whole
 
+
+def assert_same_run(resumed, whole):
+    """The same metrics (timings aside) and bitwise the same final weights."""
+    assert comparable(read_metrics(resumed / "metrics.jsonl")) == comparable(read_metrics(whole / "metrics.jsonl"))
+    final_whole = load_file(whole / "checkpoints" / "step-000006" / "model.safetensors")
+    final_resumed = load_file(resumed / "checkpoints" / "step-000006" / "model.safetensors")
+    for key in final_whole:
+        assert torch.equal(final_whole[key], final_resumed[key]), key
+
+
+def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
+    whole, interrupted = uninterrupted, tmp_path / "interrupted"
     process = subprocess.Popen(run_args(interrupted), cwd=ROOT, env=env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = interrupted / "checkpoints" / "step-000002"
@@ -49,12 +66,24 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path):
     assert not (interrupted / "checkpoints" / "step-000006").exists(), "killed too late to test anything"
 
     subprocess.run(run_args(interrupted, "resume=auto"), cwd=ROOT, env=env(), check=True, capture_output=True)
+    assert_same_run(interrupted, whole)
 
-    assert comparable(read_metrics(interrupted / "metrics.jsonl")) == comparable(read_metrics(whole / "metrics.jsonl"))
-    final_whole = load_file(whole / "checkpoints" / "step-000006" / "model.safetensors")
-    final_resumed = load_file(interrupted / "checkpoints" / "step-000006" / "model.safetensors")
-    for key in final_whole:
-        assert torch.equal(final_whole[key], final_resumed[key]), key
+
+def test_sigkill_while_writing_a_manifest_then_resume_matches_uninterrupted(tmp_path, uninterrupted, monkeypatch):
+    from grpo.checkpoint import MANIFEST_FILE, latest_checkpoint, verify_checkpoint
+    from grpo.train import main
+
+    interrupted = tmp_path / "interrupted"
+    killed = subprocess.run([sys.executable, "tests/kill_during_manifest.py", "4", *run_args(interrupted)[3:]],
+                            cwd=ROOT, env=env(), capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    torn = interrupted / "checkpoints" / ".tmp-step-000004" / MANIFEST_FILE
+    assert torn.exists() and not torn.read_text().rstrip().endswith("}"), "the manifest was not torn"
+    assert latest_checkpoint(interrupted).name == "step-000002" and verify_checkpoint(latest_checkpoint(interrupted))
+
+    monkeypatch.chdir(ROOT)  # the resume runs in this process: the same command line, without a second start-up
+    assert main(run_args(interrupted, "resume=auto")[3:]) == 0
+    assert_same_run(interrupted, uninterrupted)
 
 
 def test_torn_checkpoint_is_never_visible(tmp_path):

@@ -309,3 +309,114 @@ def test_bf16_lora_recipe_trains_with_static_generation_and_checkpointing(tmp_pa
     rows = step_metrics(tmp_path / "run")
     assert len(rows) == 2 and all(np.isfinite(row["loss"]) and row["grad_norm"] > 0 for row in rows)
     assert rows[1]["kl"] > 0  # the adapters moved the policy away from the bf16 base
+
+
+def row_logprobs(model, rollout, row: int) -> torch.Tensor:
+    """log pi(o_t | q, o_<t) [n] of one row's completion tokens: one unpadded forward pass, temperature 1."""
+    prompt = rollout.prompt_ids[row][rollout.prompt_mask[row].bool()]
+    completion = rollout.completion_ids[row][: int(rollout.completion_mask[row].sum())]
+    ids = torch.cat([prompt, completion]).unsqueeze(0)
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+    return torch.log_softmax(logits, dim=-1).gather(1, completion.unsqueeze(1)).squeeze(1)
+
+
+def test_one_epoch_of_two_minibatches_weights_the_second_by_the_sampling_policy(tmp_path):
+    """mu = 1, minibatches = 2, against the objective written out by hand (GRPO, sequence aggregation).
+
+    The second optimizer step sees a policy the first step moved, so its ratio
+    rho = pi_theta1 / pi_theta0 is not 1: tokens outside [1 - eps, 1 + eps] in
+    the advantage's direction are clipped (no gradient) and the others weighted
+    by rho. Treating the second minibatch as on-policy (rho = 1) gives another update.
+    """
+    from grpo.models import load_model
+    from grpo.rollout import sample_groups
+
+    model, tokenizer = load_model("tiny-random-llama")
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                             add_generation_prompt=True) for t in ("one", "two more words")]
+    rollout = sample_groups(model, tokenizer, prompts, 2, 5, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    advantages = torch.tensor([1.0, -1.0, -0.7, 0.7])
+    cfg = tiny_config(tmp_path, prompts_per_step=2, group_size=2, minibatches=2, mu=1, beta=0.0, temperature=1.0,
+                      max_new_tokens=5, max_grad_norm=0.0, loss_aggregation="sequence", eps_low=0.2, eps_high=0.2)
+    lr = 20.0
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # By hand: two SGD steps on the clipped objective, minibatch order as policy_update draws it.
+    torch.manual_seed(3)
+    first, second = torch.randperm(2).tolist()
+    with torch.no_grad():
+        sampling = {row: row_logprobs(model, rollout, row) for row in range(4)}
+    clipped_tokens = 0
+    for group in (first, second):
+        model.zero_grad()
+        loss = 0.0
+        for row in (2 * group, 2 * group + 1):
+            ratio = torch.exp(row_logprobs(model, rollout, row) - sampling[row])
+            surrogate = torch.min(ratio * advantages[row], torch.clamp(ratio, 0.8, 1.2) * advantages[row])
+            loss = loss - surrogate.mean() / 2  # (1/N) sum_i (1/|o_i|) sum_t, N = 2 rows per minibatch
+            clipped_tokens += int(((ratio > 1.2) & (advantages[row] > 0) | (ratio < 0.8) & (advantages[row] < 0)).sum())
+        loss.backward()
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter -= lr * parameter.grad
+    by_hand = {k: v.clone() for k, v in model.state_dict().items()}
+    assert clipped_tokens > 0, "the example must clip something in the second step"
+
+    model.load_state_dict(start)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    old_logprobs = trainer.sampling_logprobs(model, rollout, cfg)
+    assert old_logprobs is not None, "two optimizer steps per rollout need the sampling policy's log-probs"
+    torch.manual_seed(3)
+    stats = trainer.policy_update(model, optimizer, scheduler, rollout, rollout.completion_mask, advantages,
+                                  old_logprobs, None, cfg)
+    for key in by_hand:
+        assert torch.allclose(model.state_dict()[key], by_hand[key], atol=1e-5), key
+    assert stats["clip_region"][0] == 0.0 and stats["clip_region"][1] > 0.0
+
+
+def test_logged_kl_clip_ratios_and_entropy_do_not_depend_on_micro_batch_size(tmp_path):
+    """The statistics are means over the minibatch's tokens, checked against a direct computation.
+
+    Completions of 1 to 6 tokens make a row share differ from a token share.
+    """
+    from grpo.loss import kl_estimate
+    from grpo.models import load_model
+    from grpo.rollout import Rollout, sample_groups
+
+    model, tokenizer = load_model("tiny-random-llama")
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                             add_generation_prompt=True) for t in ("one", "two words")]
+    sampled = sample_groups(model, tokenizer, prompts, 4, 6, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([1, 6, 2, 5, 6, 1, 3, 6])
+    mask = (torch.arange(sampled.completion_ids.shape[1]) < lengths.unsqueeze(1)).float()
+    rollout = Rollout(sampled.prompt_ids, sampled.prompt_mask, sampled.completion_ids, mask, sampled.truncated)
+    advantages = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    cfg = tiny_config(tmp_path, beta=0.04, lr=1e-3, max_grad_norm=0.0)
+    with torch.no_grad():
+        logprobs, entropy = trainer.rollout_logprobs(model, rollout, cfg, with_entropy=True)
+    noise = torch.Generator().manual_seed(2)
+    old_logprobs = logprobs + 0.3 * torch.randn(logprobs.shape, generator=noise)
+    ref_logprobs = logprobs + 0.5 * torch.randn(logprobs.shape, generator=noise)
+
+    ratio = torch.exp(logprobs - old_logprobs)
+    low = (ratio < 0.8) & (advantages.unsqueeze(1) < 0)
+    high = (ratio > 1.2) & (advantages.unsqueeze(1) > 0)
+    tokens = mask.sum()
+    expected = {"kl": float((kl_estimate(logprobs, ref_logprobs, "k3") * mask).sum() / tokens),
+                "clip_low": float((low * mask).sum() / tokens), "clip_high": float((high * mask).sum() / tokens),
+                "clip_region": float(((low | high) * mask).sum() / tokens),
+                "entropy": float((entropy * mask).sum() / tokens)}
+    assert 0 < expected["clip_region"] < 1 and expected["clip_low"] > 0 and expected["clip_high"] > 0
+
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    for micro, share in ((0, True), (4, True), (2, False), (1, False)):
+        model.load_state_dict(start)
+        cfg = tiny_config(tmp_path, beta=0.04, lr=1e-3, max_grad_norm=0.0, micro_batch_size=micro,
+                          share_prompt_pass=share)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        stats = trainer.policy_update(model, optimizer, scheduler, rollout, mask, advantages, old_logprobs,
+                                      ref_logprobs, cfg)
+        for key, value in expected.items():
+            assert stats[key] == [pytest.approx(value, rel=1e-5)], (micro, key)

@@ -1,0 +1,178 @@
+"""The run folder: one process at a time, and an old run replaced only once the new one has a checkpoint.
+
+* A run holds an exclusive lock on `<out_dir>/.lock` (fcntl.flock) for its
+  whole life. A second process naming the same out_dir is refused at once,
+  with the holder's pid. The kernel drops the lock when its process ends,
+  however it ends, so a killed run leaves no lock behind.
+* `overwrite = true` does not delete the old run at start-up. Once the new
+  run has loaded its model, data and reward (so a typo cannot cost the old
+  run), the old run's files move into `<out_dir>/.replaced/`. They are
+  deleted when the new run writes its first checkpoint and put back if it
+  stops before that. A start-up that finds `.replaced/` left by a killed
+  process settles it first: deleted if that run got to a checkpoint, put
+  back otherwise.
+
+Under torchrun only rank 0 calls these; the trainers wrap themselves in
+`holds_run_dir`, which puts an old run back and releases the lock whatever
+way they end.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import shutil
+from pathlib import Path
+
+from grpo.errors import ConfigError
+from grpo.metrics import close_open_loggers
+
+LOCK_FILE = ".lock"
+REPLACED = ".replaced"
+# Written into REPLACED once every entry of the old run is in it: without it a
+# start-up knows the move itself was interrupted and nothing of the new run exists yet.
+SET_ASIDE_DONE = ".complete"
+
+
+class _Claim:
+    """What this process holds on one run folder."""
+
+    def __init__(self, lock_file):
+        self.lock_file = lock_file
+        self.replace_on_start = False   # overwrite = true over an existing run, not yet set aside
+        self.set_aside = False          # the old run is in REPLACED
+
+
+_claims: dict[Path, _Claim] = {}
+_restored: set[Path] = set()    # folders whose replaced run this process put back (for `interrupted_note`)
+
+
+def _key(run_dir) -> Path:
+    return Path(run_dir).resolve()
+
+
+def lock(run_dir) -> None:
+    """Create the folder and take its lock; ConfigError naming the folder and the holder's pid if another has it.
+
+    Then settle a `.replaced/` folder that a killed overwrite left behind.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_file = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        lock_file.close()
+        raise ConfigError(f"out_dir '{run_dir}' is in use by another run (pid {holder}); wait for it to end, "
+                          "or choose another out_dir") from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+    _claims[_key(run_dir)] = _Claim(lock_file)
+    _restored.discard(_key(run_dir))
+    _settle_interrupted_overwrite(run_dir)
+
+
+def replace_on_start(run_dir) -> None:
+    """Mark the old run in this folder for replacement, done by `start` once the new run can start."""
+    _claims[_key(run_dir)].replace_on_start = True
+
+
+def start(run_dir) -> None:
+    """The new run is about to write: move the old run (when replacing one) into `.replaced/`."""
+    claim = _claims.get(_key(run_dir))
+    if claim is None or not claim.replace_on_start:
+        return
+    run_dir = Path(run_dir)
+    aside = run_dir / REPLACED
+    aside.mkdir()
+    for entry in _run_entries(run_dir):
+        os.rename(entry, aside / entry.name)
+    (aside / SET_ASIDE_DONE).touch()
+    claim.replace_on_start, claim.set_aside = False, True
+
+
+def commit(run_dir) -> None:
+    """The new run has a checkpoint: the old run it replaces is deleted."""
+    claim = _claims.get(_key(run_dir))
+    if claim is not None and claim.set_aside:
+        shutil.rmtree(Path(run_dir) / REPLACED)
+        claim.set_aside = False
+
+
+def release(run_dir) -> None:
+    """Put a replaced run back if the new run never got to a checkpoint, then drop the lock."""
+    claim = _claims.pop(_key(run_dir), None)
+    if claim is None:
+        return
+    try:
+        if claim.set_aside:
+            _put_back(Path(run_dir))
+            _restored.add(_key(run_dir))
+            print(f"the new run in '{run_dir}' stopped before its first checkpoint: the run it was to replace "
+                  "is back in place, untouched")
+    finally:
+        claim.lock_file.close()
+
+
+def holds_run_dir(train):
+    """Decorate a trainer `train(cfg)`: whatever way it ends, close its logs and release the run folder it claimed."""
+
+    @functools.wraps(train)
+    def wrapper(cfg, *args, **kwargs):
+        try:
+            return train(cfg, *args, **kwargs)
+        finally:
+            close_open_loggers()
+            release(cfg.out_dir)
+
+    return wrapper
+
+
+def interrupted_note(out_dir) -> str:
+    """What is true after Ctrl-C: where the run can be continued from, if anywhere."""
+    from grpo.checkpoint import latest_checkpoint
+
+    if _key(out_dir) in _restored:
+        return (f"interrupted before the new run's first checkpoint; '{out_dir}' holds the run it was to replace, "
+                "untouched. Start again with overwrite=true to replace it")
+    latest = latest_checkpoint(out_dir) if Path(out_dir).is_dir() else None
+    if latest is None:
+        return ("interrupted before the first checkpoint: there is nothing to resume. "
+                "Start again with overwrite=true")
+    return f"interrupted; continue from {latest} with resume=auto"
+
+
+def _run_entries(run_dir: Path) -> list[Path]:
+    """Everything in the folder that belongs to a run (not the lock, not a replaced run)."""
+    return sorted(p for p in run_dir.iterdir() if p.name not in (LOCK_FILE, REPLACED))
+
+
+def _put_back(run_dir: Path) -> None:
+    """Delete the new run's files (if the move had finished) and move the old run back."""
+    aside = run_dir / REPLACED
+    if (aside / SET_ASIDE_DONE).exists():
+        for entry in _run_entries(run_dir):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        (aside / SET_ASIDE_DONE).unlink()
+    for entry in list(aside.iterdir()):
+        os.rename(entry, run_dir / entry.name)
+    aside.rmdir()
+
+
+def _settle_interrupted_overwrite(run_dir: Path) -> None:
+    aside = run_dir / REPLACED
+    if not aside.is_dir():
+        return
+    from grpo.checkpoint import latest_checkpoint
+
+    if (aside / SET_ASIDE_DONE).exists() and latest_checkpoint(run_dir) is not None:
+        shutil.rmtree(aside)  # killed after its first checkpoint, before deleting the run it replaced
+        return
+    _put_back(run_dir)
+    print(f"'{run_dir}': a run started with overwrite=true was stopped before its first checkpoint; "
+          "the run it was to replace is back in place")
