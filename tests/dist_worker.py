@@ -60,7 +60,8 @@ def advantages_main(out_path: str) -> None:
     rows = slice(rank * PROMPTS * GROUP // world, (rank + 1) * PROMPTS * GROUP // world)
     cfg = load_config(GRPOConfig, overrides={"prompts_per_step": PROMPTS // world, "group_size": GROUP,
                                                  "scale_rewards": "batch"})
-    advantages, zero_std = trainer.global_group_advantages(GLOBAL_REWARDS[rows], cfg)
+    rewards = GLOBAL_REWARDS[rows]
+    advantages, zero_std = trainer.global_group_advantages(rewards, torch.isfinite(rewards), cfg)
     every_row = dist.all_gather_rows(advantages)
     if dist.is_main():
         torch.save({"advantages": every_row, "zero_std": zero_std}, out_path)
