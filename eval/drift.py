@@ -197,6 +197,7 @@ def measure_pairs(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     progress: bool = True,
     desc: str = "drift",
+    sequence_ids: list[int] | None = None,
 ) -> DriftResult:
     """Per-token NLL under both models and both KLs at every continuation token, given its prefix.
 
@@ -205,6 +206,7 @@ def measure_pairs(
             continuation tokens are scored. Prefixes are left-padded and continuations
             right-padded, so one pass per batch and model serves all rows.
         chunk_tokens: positions per LM-head chunk (peak extra memory 2 * chunk_tokens * V floats per model).
+        sequence_ids: what `text_index` calls each sequence (default: its position in the lists).
     """
     check_same_vocabulary(base_model, tuned_model)
     columns = {"nll_tuned": [], "nll_base": [], "kl": [], "kl_forward": [], "text_index": []}
@@ -228,8 +230,11 @@ def measure_pairs(
             for key, values in zip(("nll_tuned", "nll_base", "kl", "kl_forward"), chunk):
                 columns[key].append(values.double().numpy())
     joined = {key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in columns.items()}
+    text_index = joined["text_index"].astype(np.int64)
+    if sequence_ids is not None:
+        text_index = np.asarray(sequence_ids, dtype=np.int64)[text_index]
     return DriftResult(nll_base=joined["nll_base"], nll_tuned=joined["nll_tuned"], kl=joined["kl"],
-                       text_index=joined["text_index"].astype(np.int64), kl_forward=joined["kl_forward"])
+                       text_index=text_index, kl_forward=joined["kl_forward"])
 
 
 def measure_drift(
@@ -257,10 +262,8 @@ def measure_drift(
     kept = [index for index, ids in enumerate(encoded) if len(ids) >= 2]
     if not kept:
         raise DataError("no token was scored: every drift text is shorter than two tokens")
-    result = measure_pairs(base_model, tuned_model, [encoded[i][:1] for i in kept], [encoded[i][1:] for i in kept],
-                           pad_token_id(tokenizer), batch_size, chunk_tokens, progress)
-    result.text_index = np.asarray(kept, dtype=np.int64)[result.text_index]
-    return result
+    return measure_pairs(base_model, tuned_model, [encoded[i][:1] for i in kept], [encoded[i][1:] for i in kept],
+                         pad_token_id(tokenizer), batch_size, chunk_tokens, progress, sequence_ids=kept)
 
 
 def pad_token_id(tokenizer) -> int:
@@ -283,7 +286,5 @@ def measure_task_kl(base_model, tuned_model, tokenizer, prompts: list[str], resp
     kept = [index for index, ids in enumerate(continuations) if ids]
     if not kept:
         raise DataError("every base response is empty: nothing to measure the task KL on")
-    result = measure_pairs(base_model, tuned_model, [prefixes[i] for i in kept], [continuations[i] for i in kept],
-                           pad_token_id(tokenizer), batch_size, chunk_tokens, progress, desc="task KL")
-    result.text_index = np.asarray(kept, dtype=np.int64)[result.text_index]
-    return result
+    return measure_pairs(base_model, tuned_model, [prefixes[i] for i in kept], [continuations[i] for i in kept],
+                         pad_token_id(tokenizer), batch_size, chunk_tokens, progress, desc="task KL", sequence_ids=kept)
