@@ -13,6 +13,10 @@ probe and its `kind` says what it is:
     split = "dev"
     scoring = "answer"            # likelihood of each option's text; "letter": of the letters A-D
 
+    [cloze]                       # last-word cloze accuracy on held-out English prose
+    kind = "cloze"
+    file = "data/general/cloze.jsonl"
+
     [cmrc]                        # CMRC 2018 reading comprehension
     kind = "cmrc"
     file = "data/general/cmrc2018_dev.json"
@@ -28,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval.cloze import DEFAULT_BATCH_SIZE as CLOZE_BATCH_SIZE
+from eval.cloze import evaluate_cloze
 from eval.cmrc import DEFAULT_MAX_NEW_TOKENS, evaluate_cmrc
 from eval.drift import DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_TOKENS, DriftResult, load_drift_texts, measure_drift
 from eval.multiple_choice import DEFAULT_SCORING, HEADERS, SCORINGS, SPLITS, evaluate_multiple_choice
@@ -128,8 +134,32 @@ class CMRCProbe:
                              self.prompt_format, progress)
 
 
-PROBE_KINDS = {"drift": DriftProbe, "multiple_choice": MultipleChoiceProbe, "cmrc": CMRCProbe}
-Benchmark = MultipleChoiceProbe | CMRCProbe
+@dataclass
+class ClozeProbe:
+    """Last-word cloze accuracy (percent) and the target's mean log-likelihood on a cloze JSONL file."""
+
+    file: str = option("data/general/cloze.jsonl", "JSONL of {id, context, target}: passages cut before the last word")
+    max_examples: int = option(0, "score the first N items (0 = all)")
+    batch_size: int = option(CLOZE_BATCH_SIZE, "items per forward pass")
+    optional: bool = option(False, "skip the probe with a note when its data is missing, instead of stopping")
+
+    score_key = "accuracy"
+    report_keys = ("n", "accuracy", "target_logprob")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.file)
+
+    def validate(self) -> None:
+        check(self.max_examples >= 0, "max_examples", "be >= 0", self.max_examples)
+        check(self.batch_size >= 1, "batch_size", "be >= 1", self.batch_size)
+
+    def run(self, model, tokenizer, progress: bool = True) -> tuple[dict, list[dict]]:
+        return evaluate_cloze(model, tokenizer, self.file, self.max_examples, self.batch_size, progress)
+
+
+PROBE_KINDS = {"drift": DriftProbe, "multiple_choice": MultipleChoiceProbe, "cloze": ClozeProbe, "cmrc": CMRCProbe}
+Benchmark = MultipleChoiceProbe | ClozeProbe | CMRCProbe
 
 
 @dataclass

@@ -59,7 +59,7 @@ def test_default_suite_parses():
 
     tables = read_toml(REPO_ROOT / "configs" / "alignment_suite.toml")
     assert {name: table["kind"] for name, table in tables.items()} == {
-        "drift": "drift", "mmlu": "multiple_choice", "cmrc": "cmrc"}
+        "drift": "drift", "mmlu": "multiple_choice", "cloze": "cloze", "cmrc": "cmrc"}
     assert tables["cmrc"]["optional"] is True
     assert tables["mmlu"]["scoring"] == "answer"
     assert "max_examples" not in tables["cmrc"]      # the whole CMRC file is scored

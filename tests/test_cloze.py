@@ -52,3 +52,23 @@ def test_file_round_trip_and_bad_input(tiny, tmp_path):
     path.write_text(json.dumps({"id": "x", "context": "no target"}) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="field 'target' is missing"):
         evaluate_cloze(model, tokenizer, path, progress=False)
+
+
+def test_alignment_tax_suite_runs_the_cloze_probe(tiny, tmp_path):
+    """A [cloze] table in the suite gives alignment_tax the same accuracy as scoring the file directly."""
+    from eval.alignment_tax import main
+    from eval.suite import ClozeProbe, load_suite
+
+    model, tokenizer = tiny
+    items = tmp_path / "cloze.jsonl"
+    items.write_text("".join(json.dumps(item) + "\n" for item in ITEMS), encoding="utf-8")
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'[cloze]\nkind = "cloze"\nfile = "{items}"\nbatch_size = 2\n', encoding="utf-8")
+    assert isinstance(load_suite(suite).benchmarks["cloze"], ClozeProbe)
+    out = tmp_path / "out"
+    assert main(["--base", "tiny-random-llama", "--suite", str(suite), "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "alignment_tax.json").read_text(encoding="utf-8"))
+    hits = [naive_scores(model, tokenizer, item)[0] for item in ITEMS]
+    assert report["base"]["scores"]["cloze"]["n"] == 3
+    assert report["base"]["headline"]["cloze"] == pytest.approx(100.0 * sum(hits) / 3)
+    assert "| model | n | accuracy | target_logprob |" in (out / "alignment_tax.md").read_text(encoding="utf-8")
