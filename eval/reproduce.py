@@ -93,6 +93,7 @@ class Run:
     arm: str                   # "sft", "grpo", "cold-start", "grpo-bleu"
     command: tuple[str, ...]
     steps: tuple[int, ...]     # checkpoints measured (step numbers)
+    lr: float = 0.0
 
 
 def lr_tag(lr: float) -> str:
@@ -105,7 +106,7 @@ def sft_run(task: str, lr: float, steps: int, save_every: int, plan: Plan, out: 
     command = ("-m", "baselines.sft", PRESETS[task]["sft"], f"out_dir={out / name}", "overwrite=true",
                f"lr={lr}", "epochs=0", f"max_steps={steps}", f"save_every={save_every}", "keep_checkpoints=100",
                "grad_accum_steps=1", f"seed={seed}", *CONSTANT_LR, *plan.sft_args)
-    return Run(name, task, "sft", command, tuple(range(save_every, steps + 1, save_every)))
+    return Run(name, task, "sft", command, tuple(range(save_every, steps + 1, save_every)), lr)
 
 
 def cold_start_run(task: str, plan: Plan, out: Path, seed: int = 0) -> Run:
@@ -124,7 +125,7 @@ def grpo_run(task: str, lr: float, steps: int, save_every: int, plan: Plan, out:
                f"lr={lr}", f"max_steps={steps}", f"save_every={save_every}", "keep_checkpoints=100",
                "eval_every=10", f"seed={seed}", *CONSTANT_LR, *([reward] if reward else []),
                *plan.grpo_args)
-    return Run(name, task, arm, command, tuple(range(save_every, steps + 1, save_every)))
+    return Run(name, task, arm, command, tuple(range(save_every, steps + 1, save_every)), lr)
 
 
 def sweep_runs(task: str, plan: Plan, out: Path) -> dict[str, list[Run]]:
@@ -166,10 +167,12 @@ class Stages:
         self.timings[key] = round(seconds, 1)
         self.timings_file.write_text(json.dumps(self.timings, indent=2) + "\n")
 
-    def train(self, run: Run) -> None:
-        """Run a training command unless its final checkpoint exists or all its checkpoints were measured."""
+    def train(self, run: Run, unless_measured: bool = True) -> None:
+        """Run a training command unless its final checkpoint exists or (`unless_measured`) all its
+        checkpoints were measured."""
         done = (self.out / run.name / "final").exists()
-        measured = run.steps and all(self.measured(run.task, label(run.name, step)) for step in run.steps)
+        measured = unless_measured and run.steps and all(self.measured(run.task, label(run.name, step))
+                                                         for step in run.steps)
         if done or measured:
             print(f"[skip] {run.name}: {'trained' if done else 'measured'}")
             return
@@ -245,31 +248,36 @@ class Stages:
         self.measure(task, targets)
 
     def seeds(self, task: str) -> None:
-        """Retrain the matched-gain pair at more seeds and measure all of them with MMLU too."""
+        """Retrain the matched-gain pair at more seeds and measure all of them with MMLU too.
+
+        Seed 0 is the sweep's own checkpoint; on a machine where the sweep's checkpoints are
+        gone (a fresh clone with committed measurements) it is retrained like the other seeds.
+        A schedule that is constant after warmup makes that the same run as the sweep's first
+        steps.
+        """
         from eval.report import load_measurements, matched_pair
 
         measurements = load_measurements(self.measurements / task)
-        (sft_label, sft_step), (grpo_label, grpo_step) = matched_pair(measurements, TASK_SCORE[task])
-        sft_lr = float(sft_label.split("-lr")[1])
-        grpo_lr = float(grpo_label.split("-lr")[1])
-        targets = [("headline/base", "base"),
-                   ("headline/sft-s0", str(checkpoint_folder(self.out, sft_label, sft_step))),
-                   ("headline/grpo-s0", str(checkpoint_folder(self.out, grpo_label, grpo_step)))]
-        for seed in self.plan.seeds:
+        (sft_name, sft_step), (grpo_name, grpo_step) = matched_pair(measurements, TASK_SCORE[task])
+        sweep = {run.name: run for arm in sweep_runs(task, self.plan, self.out).values() for run in arm}
+        sft_lr, grpo_lr = sweep[sft_name].lr, sweep[grpo_name].lr
+        targets = [("headline/base", "base")]
+        for seed in (0, *self.plan.seeds):
             sft = sft_run(task, sft_lr, sft_step, sft_step, self.plan, self.out, seed)
             cold = cold_start_run(task, self.plan, self.out, seed)
             grpo = grpo_run(task, grpo_lr, grpo_step, grpo_step, self.plan, self.out, seed)
-            if not self.measured(task, f"headline/sft-s{seed}"):
-                self.train(sft)
-            if not self.measured(task, f"headline/grpo-s{seed}"):
-                self.train(cold)
+            sft_checkpoint = checkpoint_folder(self.out, sft.name, sft_step)
+            grpo_checkpoint = checkpoint_folder(self.out, grpo.name, grpo_step)
+            if not self.measured(task, f"headline/sft-s{seed}") and not sft_checkpoint.exists():
+                self.train(sft, unless_measured=False)
+            if not self.measured(task, f"headline/grpo-s{seed}") and not grpo_checkpoint.exists():
+                self.train(cold, unless_measured=False)
                 self.tau(task, seed)
-                self.train(grpo)
-            targets += [(f"headline/sft-s{seed}", str(checkpoint_folder(self.out, sft.name, sft_step))),
-                        (f"headline/grpo-s{seed}", str(checkpoint_folder(self.out, grpo.name, grpo_step)))]
+                self.train(grpo, unless_measured=False)
+            targets += [(f"headline/sft-s{seed}", str(sft_checkpoint)), (f"headline/grpo-s{seed}", str(grpo_checkpoint))]
         (self.measurements / task / "headline").mkdir(parents=True, exist_ok=True)
         (self.measurements / task / "headline" / "pair.json").write_text(json.dumps(
-            {"sft": [sft_label, sft_step], "grpo": [grpo_label, grpo_step]}) + "\n")
+            {"sft": [sft_name, sft_step], "grpo": [grpo_name, grpo_step]}) + "\n")
         self.measure(task, targets, mmlu=True)
 
     def report(self, tasks: list[str]) -> None:
