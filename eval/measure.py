@@ -36,7 +36,7 @@ GENERAL_DIR = Path("data/general")
 class ProbeSizes:
     """How much of each probe a checkpoint gets: the knobs that trade time for interval width."""
 
-    test_limit: int = 0            # test examples per task (0 = all)
+    test_limit: int = 0            # test examples per task, spread evenly over the file (0 = all)
     cloze_items: int = 200         # last-word cloze items (0 = all)
     drift_texts: int = 32          # general texts, spread evenly over the file (Chinese and English halves)
     drift_tokens: int = 128        # each cut to this many tokens
@@ -71,8 +71,9 @@ def load_task(name: str, preset: str | Path, tokenizer, base_model, sizes: Probe
     examples = make_examples(read_jsonl(path), tokenizer, task=cfg.task, source_lang=cfg.source_lang,
                              target_lang=cfg.target_lang, data_langs=cfg.data_langs, prompt_format=cfg.prompt_format)
     examples = keep_short_prompts(examples, tokenizer, cfg.max_prompt_tokens, path)
-    if sizes.test_limit:
-        examples = examples[: sizes.test_limit]
+    # The test files are grouped by kind (CLDR languages, currencies, ..., UDHR sentences): a plain
+    # head would leave whole kinds out.
+    examples = spread(examples, sizes.test_limit)
     kl_prompts = [e["prompt"] for e in examples[: sizes.task_kl_prompts]]
     generator = torch.Generator(device=next(base_model.parameters()).device).manual_seed(seed)
     response_ids = []

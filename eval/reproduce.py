@@ -66,7 +66,14 @@ class Plan:
     sft_args: list = field(default_factory=list)     # extra key=value settings of every SFT run
     grpo_args: list = field(default_factory=list)    # ... of every GRPO run (and of tau)
     seeds: tuple[int, ...] = (1, 2)
-    probes: ProbeSizes = field(default_factory=ProbeSizes)
+    # What one checkpoint's measurement costs is mostly tokens through the model (about 0.27 GFLOP
+    # each for SmolLM2-135M): greedy MT test answers (96 of the 183 items, spread over the kinds),
+    # 200 cloze items, 16 drift texts of 128 tokens, 24 task-KL samples, about 2 minutes on 2 cores.
+    probes: ProbeSizes = field(default_factory=lambda: ProbeSizes(test_limit=96, drift_texts=16,
+                                                                  task_kl_prompts=24))
+    # MMLU by answer text costs about 5 minutes a model and the base scores at chance on it
+    # (docs/RESULTS.md): off by default, `headline_mmlu` adds it to the seeds' measurements.
+    headline_mmlu: bool = False
 
 
 PLANS = {
@@ -248,7 +255,7 @@ class Stages:
         self.measure(task, targets)
 
     def seeds(self, task: str) -> None:
-        """Retrain the matched-gain pair at more seeds and measure all of them with MMLU too.
+        """Retrain the matched-gain pair at more seeds and measure every seed of both arms.
 
         Seed 0 is the sweep's own checkpoint; on a machine where the sweep's checkpoints are
         gone (a fresh clone with committed measurements) it is retrained like the other seeds.
@@ -278,7 +285,7 @@ class Stages:
         (self.measurements / task / "headline").mkdir(parents=True, exist_ok=True)
         (self.measurements / task / "headline" / "pair.json").write_text(json.dumps(
             {"sft": [sft_name, sft_step], "grpo": [grpo_name, grpo_step]}) + "\n")
-        self.measure(task, targets, mmlu=True)
+        self.measure(task, targets, mmlu=self.plan.headline_mmlu)
 
     def report(self, tasks: list[str]) -> None:
         from eval.report import write_report

@@ -36,7 +36,7 @@ def test_seeds_retrain_seed_zero_when_the_sweep_checkpoints_are_gone(tmp_path):
     assert [call[1] for call in calls if call[0] == "train" and "cold-start" in call[1]] == \
         ["cold-start-mt", "cold-start-mt-s1"]
     assert calls[-1] == ("measure", ["headline/base", "headline/sft-s0", "headline/grpo-s0", "headline/sft-s1",
-                                     "headline/grpo-s1"], True)
+                                     "headline/grpo-s1"], False)
     pair = json.loads((stages.measurements / "mt" / "headline" / "pair.json").read_text())
     assert pair == {"sft": ["sft-mt-lr0.0002", 20], "grpo": ["grpo-mt-lr0.0001", 20]}
 
