@@ -80,7 +80,7 @@ def measure(variant: str, model_name: str, prompts: int, group_size: int, new_to
     from grpo.config import GRPOConfig, load_config
     from grpo.logprobs import auto_chunk_tokens, checkpoint_decoder_layers, completion_logprobs
     from grpo.models import load_model
-    from grpo.trainer import load_task_examples
+    from grpo.training_run import load_task_examples
 
     torch.manual_seed(0)
     model, tokenizer = load_model(model_name)

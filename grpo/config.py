@@ -265,6 +265,9 @@ class RunConfig:
 
             tensorboard_writer()  # fails here, before any model is loaded, when the package is missing
 
+    def check_world_size(self, world_size: int) -> None:
+        """Refuse a launch whose number of processes this config cannot train with (raises ConfigError)."""
+
     @property
     def lora(self) -> dict | None:
         """LoRA settings for `load_model`, or None for full fine-tuning."""
@@ -410,3 +413,8 @@ class GRPOConfig(RunConfig):
             check(not self.share_prompt_pass or self.micro_batch_size % self.group_size == 0, "micro_batch_size",
                   f"be a multiple of group_size = {self.group_size} while share_prompt_pass = true",
                   self.micro_batch_size)
+
+    def check_world_size(self, world_size: int) -> None:
+        if self.fsdp and world_size < 2:
+            raise ConfigError("fsdp = true shards the weights over the processes of a torchrun launch; "
+                              "start it with torchrun --nproc_per_node N (N >= 2), or leave fsdp off")

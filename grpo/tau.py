@@ -34,7 +34,7 @@ from grpo.config import GRPOConfig, load_config, save_config
 from grpo.errors import DataError, UserError
 from grpo.models import load_model
 from grpo.rollout import greedy_completions
-from grpo.trainer import load_task_examples
+from grpo.training_run import load_task_examples
 
 DEFAULT_PERCENTILE = 10.0
 

@@ -44,8 +44,8 @@ import torch
 from safetensors.torch import load_file
 
 from grpo import checkpoint as ckpt
-from grpo import run_folder, trainer
-from grpo.config import GRPOConfig, load_config
+from grpo import run_folder, trainer, training_run
+from grpo.config import GRPOConfig, load_config, to_dict
 from grpo.errors import CheckpointError, ConfigError, DataError, RewardError
 from grpo.metrics import MetricsLogger, read_metrics
 from grpo.train import main as grpo_main
@@ -115,7 +115,7 @@ def test_a_utf8_bom_is_not_part_of_the_data_for_grpo_and_sft(tmp_path, tiny):
     for split in ("train", "dev"):
         (data / f"{split}.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode("utf-8"))
     for config_class in (GRPOConfig, SFTConfig):
-        train, dev = trainer.load_task_examples(load_config(config_class, overrides={"data": str(data)}), tokenizer)
+        train, dev = training_run.load_task_examples(load_config(config_class, overrides={"data": str(data)}), tokenizer)
         assert [e["source"] for e in train] == [e["source"] for e in dev] == ["ཀ་ཁ", "ག"]
         assert train[0]["target"] == "甲乙"
     preset = tmp_path / "preset.toml"
@@ -217,10 +217,10 @@ def test_a_safe_change_on_resume_takes_effect_and_is_reported(two_step_run, caps
 def test_every_other_key_refuses_the_resume(key, value):
     # Keys the old resume check ignored: a change to any of them was silently dropped.
     cfg = load_config(GRPOConfig)
-    saved = {**trainer.to_dict(cfg), key: value}
+    saved = {**to_dict(cfg), key: value}
     with pytest.raises(ConfigError, match=f"config differs in {key}: checkpoint {value!r}, now"):
-        trainer.check_resume_matches(cfg, saved, Path("ckpt"))
-    assert trainer.check_resume_matches(cfg, {**trainer.to_dict(cfg), "eval_every": 1, "resume": "x"},
+        training_run.check_resume_matches(cfg, saved, Path("ckpt"))
+    assert training_run.check_resume_matches(cfg, {**to_dict(cfg), "eval_every": 1, "resume": "x"},
                                         Path("ckpt")) == ["eval_every: checkpoint 1, now 10"]
 
 

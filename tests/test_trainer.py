@@ -248,14 +248,14 @@ def test_delta_stops_the_gradient_of_tokens_far_above_the_ratio_cap(tiny, tmp_pa
     for delta in (0.0, 3.0):
         cfg = tiny_config(tmp_path, prompts_per_step=1, beta=0.0, delta=delta, max_grad_norm=0.0, mu=2)
         with torch.no_grad():
-            old_logprobs = trainer.rollout_logprobs(model, rollout, cfg)[0] - 2.0
+            old_logprobs = trainer.rollout_logprobs(model, rollout, cfg).logprobs - 2.0
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # measure the gradient, keep the weights
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
         results[delta] = trainer.policy_update(model, optimizer, scheduler, rollout, rollout.completion_mask,
                                                advantages, old_logprobs, None, cfg)
-    assert min(results[0.0]["grad_norm"]) > 0 and results[0.0]["clip_delta"] == []
-    assert results[3.0]["grad_norm"] == [0.0, 0.0]
-    assert results[3.0]["clip_delta"] == [1.0, 1.0]
+    assert min(results[0.0].grad_norm) > 0 and results[0.0].clip_delta == []
+    assert results[3.0].grad_norm == [0.0, 0.0]
+    assert results[3.0].clip_delta == [1.0, 1.0]
 
 
 def step_metrics(run_dir) -> list[dict]:
@@ -372,7 +372,7 @@ def test_one_epoch_of_two_minibatches_weights_the_second_by_the_sampling_policy(
                                   old_logprobs, None, cfg)
     for key in by_hand:
         assert torch.allclose(model.state_dict()[key], by_hand[key], atol=1e-5), key
-    assert stats["clip_region"][0] == 0.0 and stats["clip_region"][1] > 0.0
+    assert stats.clip_region[0] == 0.0 and stats.clip_region[1] > 0.0
 
 
 def test_logged_kl_clip_ratios_and_entropy_do_not_depend_on_micro_batch_size(tmp_path):
@@ -419,4 +419,4 @@ def test_logged_kl_clip_ratios_and_entropy_do_not_depend_on_micro_batch_size(tmp
         stats = trainer.policy_update(model, optimizer, scheduler, rollout, mask, advantages, old_logprobs,
                                       ref_logprobs, cfg)
         for key, value in expected.items():
-            assert stats[key] == [pytest.approx(value, rel=1e-5)], (micro, key)
+            assert getattr(stats, key) == [pytest.approx(value, rel=1e-5)], (micro, key)
