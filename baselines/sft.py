@@ -18,7 +18,7 @@ functions (`grpo.training_run`), and the chunked log-prob pass
 so the next stage names it without knowing the step count:
 
     python -m baselines.sft configs/cold_start_mt.toml
-    python -m grpo.train configs/mt.toml model=runs/cold-start-mt/final
+    python -m grpo configs/mt.toml model=runs/cold-start-mt/final
 
 Under torchrun it runs data-parallel as GRPO does (gloo on CPU, nccl on GPU):
 
@@ -321,7 +321,7 @@ def train_sft(cfg: SFTConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m baselines.sft [PRESET.toml] [key=value ...]`; `--help` lists every key."""
-    from grpo.train import main as run_main
+    from grpo.cli import main as run_main
 
     return run_main(argv, config_class=SFTConfig, run=train_sft, usage=__doc__)
 

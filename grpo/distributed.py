@@ -1,6 +1,6 @@
 """Data-parallel training on torch.distributed (gloo on CPU, nccl on GPU).
 
-Launch with `torchrun --nproc_per_node N -m grpo.train ...`. Each rank
+Launch with `torchrun --nproc_per_node N -m grpo ...`. Each rank
 samples its own prompts and keeps all G completions of a prompt, so group
 statistics never cross ranks. What must cross ranks is made explicit here:
 

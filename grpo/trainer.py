@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +36,9 @@ from grpo.logprobs import TokenLogprobs, checkpoint_decoder_layers, completion_l
 from grpo.loss import Normaliser, grpo_loss, masked_mean
 from grpo.metrics import MetricsLogger
 from grpo.models import load_model
+from grpo.overlong import soft_overlong_penalty
 from grpo.rollout import Rollout, decode_completions, greedy_completions
 from grpo.static_rollout import make_sampler
-from rewards.length import soft_overlong_penalty
 from grpo.training_run import (
     Checkpointer,
     ExampleSampler,
@@ -426,7 +427,7 @@ class GRPORun:
     model: torch.nn.Module              # the policy pi_theta
     tokenizer: object
     reference: Reference | None         # pi_ref, None when beta = 0
-    reward_fn: object                   # (prompts, completions, examples) -> RewardOutput
+    reward_fn: Callable                 # (prompts, completions, examples) -> .values [B], .components
     term_weights: dict[str, float]      # reward term -> weight (`reward_term_weights`)
     train_examples: list[dict]
     dev_examples: list[dict]
@@ -450,8 +451,8 @@ class GRPORun:
         return dist.is_main() or self.cfg.fsdp
 
 
-def set_up(cfg: GRPOConfig) -> GRPORun:
-    """Load the policy, reference, reward and data, and build the optimizer; from a checkpoint when resuming."""
+def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
+    """Load the policy, reference and data, and build the optimizer; from a checkpoint when resuming."""
     place = start_run(cfg)
     cfg = place.cfg
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
@@ -462,7 +463,6 @@ def set_up(cfg: GRPOConfig) -> GRPORun:
     state = load_resume_state(place, model)
     if cfg.fsdp:
         dist.shard_model(model)
-    reward_fn = build_reward_from_config(cfg)
     train_examples, dev_examples = load_task_examples(cfg, tokenizer)
     refuse_unreadable_targets(reward_fn, [e["target"] for e in train_examples], cfg.max_unread_target_chars)
 
@@ -489,9 +489,16 @@ def set_up(cfg: GRPOConfig) -> GRPORun:
 
 
 @run_folder.holds_run_dir
-def train(cfg: GRPOConfig) -> Path:
-    """Run GRPO as configured; returns the run folder."""
-    run = set_up(cfg)
+def train(cfg: GRPOConfig, reward_fn: Callable) -> Path:
+    """Run GRPO as configured, scoring completions with `reward_fn`; returns the run folder.
+
+    `reward_fn(prompts, completions, examples)` takes three aligned lists of B
+    and returns an object with `values` [B] (NaN for a sample it could not
+    score) and `components`, name -> [B], for the log (rewards.base.Reward is
+    one). `python -m grpo` passes the paper's reward, built from the config
+    (grpo.cli).
+    """
+    run = set_up(cfg, reward_fn)
     cfg, model, logger = run.cfg, run.model, run.logger
     if run.dev_examples and run.start_step == 0 and run.evaluates_here:
         logger.log(0, evaluate(model, run.tokenizer, run.reward_fn, run.dev_examples, cfg, run.place.run_dir, 0),
@@ -557,27 +564,12 @@ def train(cfg: GRPOConfig) -> Path:
     return run.place.run_dir
 
 
-def build_reward_from_config(cfg: GRPOConfig):
-    from rewards import build_reward
-
-    return build_reward(
-        # The overlong penalty reads token lengths, so the trainer adds it (`sample_and_score`).
-        {term: weight for term, weight in cfg.reward_weights.items() if term != "overlong"},
-        encoder=cfg.encoder,
-        pooling=cfg.encoder_pooling,
-        tau=cfg.tau,
-        length_range=(cfg.length_min, cfg.length_max),
-        length_outside=cfg.length_outside,
-        custom=cfg.custom_reward or None,
-        custom_rewards=dict(cfg.custom_rewards),
-        encoder_device=dist.local_device(cfg.encoder_device),
-    )
-
-
 def refuse_unreadable_targets(reward_fn, targets: list[str], max_unread: float) -> None:
-    """Stop before training when a reward encoder cannot read most of the training targets (see rewards.embedding)."""
-    from rewards.embedding import EmbeddingCosineReward
+    """Stop before training when a reward term cannot read most of the training targets.
 
+    A term that can tell (the semantic reward's encoder: rewards.embedding) has a
+    `refuse_unreadable(targets, max_unread)` method that raises.
+    """
     for _, term in getattr(reward_fn, "terms", []):
-        if isinstance(term, EmbeddingCosineReward):
+        if hasattr(term, "refuse_unreadable"):
             term.refuse_unreadable(targets, max_unread)

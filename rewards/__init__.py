@@ -28,7 +28,7 @@ from rewards.language import (
     is_consistent,
     script_of,
 )
-from rewards.length import LengthGuardReward, soft_overlong_penalty
+from rewards.length import LengthGuardReward
 from rewards.lexical import ChrfReward, SentenceBleuReward
 from rewards.repetition import RepetitionPenalty
 
@@ -56,6 +56,5 @@ __all__ = [
     "build_reward",
     "is_consistent",
     "script_of",
-    "soft_overlong_penalty",
     "threshold_rescale",
 ]

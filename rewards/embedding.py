@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from grpo.errors import RewardError
+from rewards.errors import RewardError
 from rewards.base import RewardOutput, check_batch, example_field
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,36 @@ def threshold_rescale(cos: np.ndarray, tau: float) -> np.ndarray:
     rescaled = (s - tau) / (1.0 - tau)
     # `s <= tau` is False for NaN, so a failed sample keeps its NaN.
     return np.where(s <= tau, 0.0, rescaled)
+
+
+def percentile_tau(cosines: np.ndarray, percentile: float) -> float:
+    """tau = the `percentile`-th percentile of the cosines, floored at 0.
+
+    The threshold `threshold_rescale` takes: the paper sets tau to "the minimal
+    semantic adequacy level of the cold-start model", and `python -m grpo.tau`
+    measures it as a low percentile of that model's dev cosines.
+
+    With the n finite cosines sorted, s_(0) <= ... <= s_(n-1), the percentile
+    interpolates linearly between order statistics (numpy's default rule):
+
+        h = (n - 1) * percentile / 100
+        tau = s_(floor h) + (h - floor h) * (s_(floor h + 1) - s_(floor h))
+
+    A negative value becomes 0 (the reward needs tau in [0, 1), and a negative
+    cosine already earns nothing). NaN cosines (failed encodings) are left out.
+    cosines: [n]; returns a float in [0, 1).
+    """
+    if not 0.0 <= percentile <= 100.0:
+        raise RewardError(f"--percentile must lie in [0, 100], got {percentile}")
+    finite = np.asarray(cosines, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        raise RewardError("no finite cosine to take a percentile of")
+    tau = max(float(np.percentile(finite, percentile)), 0.0)
+    if tau >= 1.0:
+        raise RewardError(f"the {percentile:g}th percentile of the cosines is {tau}: the outputs match their targets "
+                          "exactly, which leaves no room for a threshold below 1; choose a lower percentile")
+    return tau
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from grpo.errors import RewardError
+from rewards.errors import RewardError
 from rewards.base import Reward, RewardOutput, WeightedSum
 from rewards.embedding import EmbeddingCosineReward, Encoder, build_encoder
 from rewards.language import LanguageConsistencyReward

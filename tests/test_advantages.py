@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,15 @@ def test_normalize_then_sum_leaves_invalid_rows_out():
     values = torch.tensor([1.0, float("nan"), 3.0])
     summed = normalize_then_sum({"a": values}, {"a": 2.0}, group_size=3, eps=0.0, valid=torch.isfinite(values))
     assert torch.allclose(summed, torch.tensor([-2 / 2**0.5, 0.0, 2 / 2**0.5]), atol=1e-6)
+
+
+def test_soft_overlong_penalty_by_hand():
+    from grpo.errors import ConfigError
+    from grpo.overlong import soft_overlong_penalty
+
+    # L_max = 10, L_buf = 4: free up to 6 tokens, then -1/4 per token, -1 at the cap and beyond.
+    lengths = np.array([3, 6, 7, 8, 10, 11])
+    np.testing.assert_allclose(soft_overlong_penalty(lengths, max_tokens=10, buffer=4),
+                               [0.0, 0.0, -0.25, -0.5, -1.0, -1.0])
+    with pytest.raises(ConfigError, match="overlong buffer"):
+        soft_overlong_penalty(lengths, max_tokens=10, buffer=0)

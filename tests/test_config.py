@@ -45,7 +45,7 @@ def test_custom_reward_names_become_terms_of_reward_weights():
 
 
 def test_missing_tensorboard_is_one_clear_line(monkeypatch, capsys):
-    from grpo.train import main
+    from grpo.cli import main
 
     # None in sys.modules makes the import fail as if the package were not installed.
     monkeypatch.setitem(sys.modules, "tensorboard", None)
@@ -60,7 +60,7 @@ def test_missing_tensorboard_is_one_clear_line(monkeypatch, capsys):
 
 
 def test_help_lists_every_new_option(capsys):
-    from grpo.train import main
+    from grpo.cli import main
 
     assert main(["--help"]) == 0
     listed = capsys.readouterr().out

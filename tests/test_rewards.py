@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from grpo.errors import RewardError
+from rewards.errors import RewardError
 from rewards import (
     HG_DEFAULT_WEIGHTS,
     MT_DEFAULT_WEIGHTS,
@@ -518,20 +518,6 @@ def test_repetition_penalty_by_hand():
     assert total.values.tolist() == [pytest.approx(1.0 - 2 / 3), 1.0]
 
 
-# ---------------------------------------------------------------- overlong penalty
-
-
-def test_soft_overlong_penalty_by_hand():
-    from rewards import soft_overlong_penalty
-
-    # L_max = 10, L_buf = 4: free up to 6 tokens, then -1/4 per token, -1 at the cap and beyond.
-    lengths = np.array([3, 6, 7, 8, 10, 11])
-    np.testing.assert_allclose(soft_overlong_penalty(lengths, max_tokens=10, buffer=4),
-                               [0.0, 0.0, -0.25, -0.5, -1.0, -1.0])
-    with pytest.raises(RewardError, match="overlong buffer"):
-        soft_overlong_penalty(lengths, max_tokens=10, buffer=0)
-
-
 # ---------------------------------------------------------------- several custom rewards
 
 
@@ -559,7 +545,7 @@ def test_factory_builds_several_named_custom_rewards(tmp_path, monkeypatch):
 def test_encoder_device_reaches_the_transformers_encoder():
     # The meta device holds no data, but the encoder's weights land there only if the option is passed on.
     from grpo.config import GRPOConfig, load_config
-    from grpo.trainer import build_reward_from_config
+    from grpo.cli import build_reward_from_config
 
     folder = minilm_folder()
     if folder is None:

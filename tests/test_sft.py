@@ -227,6 +227,7 @@ def test_grpo_from_sft_checkpoint_uses_it_as_reference(tmp_path, lora_r):
     With LoRA the reference is the adapter-disabled network, so the SFT adapter
     must be merged into the base before GRPO's fresh adapter goes on top.
     """
+    from grpo.cli import build_reward_from_config
     from grpo.trainer import train
 
     sft_run = train_sft(sft_config(tmp_path, max_steps=4, lora_r=lora_r, lora_alpha=8.0))
@@ -237,7 +238,7 @@ def test_grpo_from_sft_checkpoint_uses_it_as_reference(tmp_path, lora_r):
         f"lora_r={lora_r}", "lora_alpha=8.0", "beta=0.1", "max_steps=1", "prompts_per_step=2", "group_size=2",
         "max_new_tokens=6", "reward_weights={length=1.0}", "lr=1e-3", "seed=0",
     ])
-    run_dir = train(grpo_cfg)
+    run_dir = train(grpo_cfg, build_reward_from_config(grpo_cfg))
     step_one = [row for row in read_metrics(run_dir / "metrics.jsonl") if row["step"] == 1 and "kl" in row][0]
     assert step_one["kl"] == pytest.approx(0.0, abs=1e-6)
 
