@@ -40,7 +40,7 @@ BENCH_DEFAULTS = {
     "beta": 0.04,
     "mu": 1,
     "lr": 1e-6,
-    "loss_aggregation": "token",
+    "loss_aggregation": "token-mean",
     "scale_rewards": "group",
     "reward_weights": {"semantic": 1.0},
     "ignore_eos": True,

@@ -165,7 +165,7 @@ def sample_and_score(run: GRPORun, timer: PhaseTimer) -> ScoredBatch:
         missing = np.full(len(rewards), np.nan)  # a term whose every sample failed has no component
         terms = {name: torch.as_tensor(term_values.get(name, missing), dtype=torch.float32)
                  for name in run.term_weights}
-        scores = normalize_then_sum(terms, run.term_weights, cfg.group_size, cfg.adv_eps, torch.isfinite(rewards))
+        scores = normalize_then_sum(terms, run.term_weights, cfg.group_size, cfg.std_offset, torch.isfinite(rewards))
     return ScoredBatch(examples, rollout, completions, rewards, reward_components, reward_errors, scores)
 
 
@@ -191,7 +191,7 @@ def global_group_advantages(scores: torch.Tensor, valid: torch.Tensor,
     """
     all_scores = dist.all_gather_rows(scores)
     all_valid = dist.all_gather_rows(valid.float()).bool()
-    advantages, zero_std = group_advantages(all_scores, cfg.group_size, cfg.scale_rewards, cfg.adv_eps, all_valid)
+    advantages, zero_std = group_advantages(all_scores, cfg.group_size, cfg.scale_rewards, cfg.std_offset, all_valid)
     rows = scores.shape[0]
     return advantages[dist.rank() * rows : (dist.rank() + 1) * rows], zero_std
 

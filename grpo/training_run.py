@@ -28,7 +28,7 @@ import torch
 from grpo import checkpoint as ckpt
 from grpo import distributed as dist
 from grpo import run_folder
-from grpo.config import save_config, to_dict
+from grpo.config import current_name, save_config, to_dict
 from grpo.data import keep_short_prompts, make_examples, read_jsonl, split_path
 from grpo.errors import CheckpointError, ConfigError, DataError
 from grpo.guards import NonFiniteGuard
@@ -292,10 +292,13 @@ def check_resume_matches(cfg, saved_config: dict, checkpoint: Path) -> list[str]
     """Refuse to continue a checkpoint under a config that changes what it was trained on.
 
     Prints (rank 0) and returns the allowed changes as "key: checkpoint X, now Y".
-    A key missing from an older checkpoint's config had its default value then.
+    A key missing from an older checkpoint's config had its default value then;
+    a renamed key or value (config.RENAMED_KEYS, RENAMED_VALUES) is read under its current name.
     """
     def default(f):
         return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+    saved_config = dict(current_name(key, value) for key, value in saved_config.items())
 
     saved = {f.name: saved_config.get(f.name, default(f)) for f in dataclasses.fields(cfg)}
     changed = {key: f"{key}: checkpoint {saved[key]!r}, now {getattr(cfg, key)!r}"

@@ -81,7 +81,7 @@ def test_help_lists_every_new_option(capsys):
         ("eps_low=-0.1", r"'eps_low' must be >= 0"),
         ("beta=-1", r"'beta' must be >= 0"),
         ("kl_estimator=k4", r"'kl_estimator' must be one of k1, k2, k3"),
-        ("loss_aggregation=mean", r"must be one of sequence, token, dr_grpo"),
+        ("loss_aggregation=mean", r"must be one of seq-mean-token-mean, token-mean, seq-mean-token-sum-norm"),
         ("reward_weights={semantik=1.0}", r"'reward_weights' must use only the terms semantic, language"),
         ("reward_weights={semantic=0}", r"at least one term a non-zero weight"),
         ("tau=1.0", r"'tau' must be in \[0, 1\)"),
@@ -139,3 +139,22 @@ def test_shipped_grpo_presets_load():
     configs = Path(__file__).resolve().parents[1] / "configs"
     for preset in ("mt.toml", "smoke.toml", "mt_qwen3_4b.toml"):
         load_config(GRPOConfig, configs / preset)
+
+
+def test_renamed_keys_and_values_still_load_with_a_note(capsys):
+    cfg = load_config(GRPOConfig, overrides=["adv_eps=0.01", "loss_aggregation=token"])
+    assert cfg.std_offset == 0.01 and cfg.loss_aggregation == "token-mean"
+    err = capsys.readouterr().err
+    assert "adv_eps = 0.01 in the command line is now std_offset = 0.01" in err
+    assert "loss_aggregation = 'token' in the command line is now loss_aggregation = 'token-mean'" in err
+
+
+def test_a_checkpoint_saved_under_the_old_names_resumes_under_the_new_ones():
+    from grpo.config import to_dict
+    from grpo.training_run import check_resume_matches
+
+    cfg = load_config(GRPOConfig)
+    saved = to_dict(cfg)
+    saved["adv_eps"] = saved.pop("std_offset")
+    saved["loss_aggregation"] = "sequence"
+    assert check_resume_matches(cfg, saved, Path("checkpoint")) == []

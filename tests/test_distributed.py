@@ -37,8 +37,8 @@ def two_processes(out, aggregation: str, *flags: str) -> dict:
 
 
 @pytest.mark.parametrize("aggregation, fsdp, lora", [
-    ("token", False, False), ("sequence", False, False), ("dr_grpo", False, False),
-    ("token", True, False), ("sequence", True, False), ("token", True, True),
+    ("token-mean", False, False), ("seq-mean-token-mean", False, False), ("seq-mean-token-sum-norm", False, False),
+    ("token-mean", True, False), ("seq-mean-token-mean", True, False), ("token-mean", True, True),
 ])
 def test_two_gloo_processes_match_one_process(tmp_path, one_process, aggregation, fsdp, lora):
     from dist_worker import MAX_GRAD_NORM

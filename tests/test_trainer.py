@@ -63,7 +63,7 @@ def train_with_configured_reward(cfg):
 def test_grpo_raises_a_learnable_reward(tmp_path, monkeypatch, tiny):
     _, tokenizer = tiny
     cfg = tiny_config(tmp_path, max_steps=14, prompts_per_step=4, group_size=8, max_new_tokens=8, lr=2e-2,
-                      beta=0.0, loss_aggregation="token")
+                      beta=0.0, loss_aggregation="token-mean")
     trainer.train(cfg, LowHalfShare(tokenizer))
     rewards = [row["reward"] for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in row]
     assert len(rewards) == 14
@@ -126,7 +126,7 @@ def test_micro_batches_give_the_same_update_as_one_batch(tiny, tmp_path):
     advantages = torch.randn(8, generator=torch.Generator().manual_seed(1))
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     results = []
-    for aggregation in ("sequence", "token", "dr_grpo"):
+    for aggregation in ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"):
         for micro, share in ((0, False), (4, True), (2, False)):
             model.load_state_dict(initial)
             cfg = tiny_config(tmp_path, micro_batch_size=micro, loss_aggregation=aggregation, beta=0.0,
@@ -188,7 +188,7 @@ def test_smoke_with_tensorboard_and_completion_tables_then_plot(tmp_path):
 def test_two_custom_rewards_normalised_then_summed(tmp_path):
     """Each term is logged, and the advantages are GDPO's, recomputed by hand from the logged terms."""
     weights = {"low_half": 1.0, "ascii": 0.5, "language": 2.0}
-    cfg = tiny_config(tmp_path, max_steps=2, reward_weights=weights, scale_rewards="none", adv_eps=1e-4,
+    cfg = tiny_config(tmp_path, max_steps=2, reward_weights=weights, scale_rewards="none", std_offset=1e-4,
                       custom_rewards={"low_half": "support_rewards:low_half_share",
                                       "ascii": "support_rewards:ascii_share"},
                       reward_normalization="normalize_then_sum", log_completions_every=1)
@@ -317,7 +317,7 @@ def row_logprobs(model, rollout, row: int) -> torch.Tensor:
 
 
 def test_one_epoch_of_two_minibatches_weights_the_second_by_the_sampling_policy(tmp_path):
-    """mu = 1, minibatches = 2, against the objective written out by hand (GRPO, sequence aggregation).
+    """mu = 1, minibatches = 2, against the objective written out by hand (GRPO, seq-mean-token-mean aggregation).
 
     The second optimizer step sees a policy the first step moved, so its ratio
     rho = pi_theta1 / pi_theta0 is not 1: tokens outside [1 - eps, 1 + eps] in
@@ -333,7 +333,7 @@ def test_one_epoch_of_two_minibatches_weights_the_second_by_the_sampling_policy(
     rollout = sample_groups(model, tokenizer, prompts, 2, 5, temperature=1.0, generator=torch.Generator().manual_seed(0))
     advantages = torch.tensor([1.0, -1.0, -0.7, 0.7])
     cfg = tiny_config(tmp_path, prompts_per_step=2, group_size=2, minibatches=2, mu=1, beta=0.0, temperature=1.0,
-                      max_new_tokens=5, max_grad_norm=0.0, loss_aggregation="sequence", eps_low=0.2, eps_high=0.2)
+                      max_new_tokens=5, max_grad_norm=0.0, loss_aggregation="seq-mean-token-mean", eps_low=0.2, eps_high=0.2)
     lr = 20.0
     start = {k: v.clone() for k, v in model.state_dict().items()}
 
