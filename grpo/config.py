@@ -1,4 +1,7 @@
-"""The one config system: dataclasses, TOML presets, `key=value` overrides.
+"""The trainers' config system: dataclasses, TOML presets, `key=value` overrides.
+
+GRPO and SFT are configured here; the evaluation and data commands and
+`grpo.tau` parse their own options with argparse.
 
 A trainer's config is a flat dataclass whose fields carry their defaults and
 whose `help` metadata documents them. A run's config is resolved in three

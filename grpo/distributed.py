@@ -165,8 +165,3 @@ def shard_model(model) -> None:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
-
-
-def shutdown() -> None:
-    if is_distributed():
-        dist.destroy_process_group()

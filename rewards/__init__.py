@@ -15,8 +15,6 @@ from rewards.embedding import (
     threshold_rescale,
 )
 from rewards.factory import (
-    HG_DEFAULT_WEIGHTS,
-    MT_DEFAULT_WEIGHTS,
     REWARD_NAMES,
     CustomReward,
     build_reward,
@@ -33,9 +31,7 @@ from rewards.lexical import ChrfReward, SentenceBleuReward
 from rewards.repetition import RepetitionPenalty
 
 __all__ = [
-    "HG_DEFAULT_WEIGHTS",
     "LANGUAGE_SCRIPTS",
-    "MT_DEFAULT_WEIGHTS",
     "REWARD_NAMES",
     "SCRIPT_RANGES",
     "ChrfReward",

@@ -108,8 +108,8 @@ def unread_fraction(n_unread: int, n_chars: int) -> float:
 class Encoder(Protocol):
     """A frozen sentence encoder.
 
-    identity: names the encoder and its pooling, so a resumed run can check it
-        scores with the same encoder.
+    identity: names the encoder and its pooling, in the messages that say it
+        cannot read a text.
     encode(texts): [n, d] float32, rows L2-normalised.
     unknown_char_fraction(text): share of the text's non-space characters the
         tokenizer cannot read (sent to its unknown token, or dropped by its

@@ -66,7 +66,7 @@ def advantages_main(out_path: str) -> None:
     every_row = dist.all_gather_rows(advantages)
     if dist.is_main():
         torch.save({"advantages": every_row, "zero_std": zero_std}, out_path)
-    dist.shutdown()
+    shutdown()
 
 
 def main(out_path: str, aggregation: str, fsdp: bool, lora: bool) -> None:
@@ -104,7 +104,12 @@ def main(out_path: str, aggregation: str, fsdp: bool, lora: bool) -> None:
     weights = ckpt.full_weights(model) if fsdp else model.state_dict()
     if dist.is_main():
         torch.save({"weights": weights, "grad_norm": stats.grad_norm}, out_path)
-    dist.shutdown()
+    shutdown()
+
+
+def shutdown() -> None:
+    if dist.is_distributed():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -15,8 +16,6 @@ import sacrebleu
 
 from rewards.errors import RewardError
 from rewards import (
-    HG_DEFAULT_WEIGHTS,
-    MT_DEFAULT_WEIGHTS,
     REWARD_NAMES,
     ChrfReward,
     EmbeddingCosineReward,
@@ -464,8 +463,15 @@ def test_factory_all_zero_weights_is_an_error():
         build_reward({"semantic": 0.0, "language": 0.0})
 
 
+def preset_reward_weights(preset: str) -> dict[str, float]:
+    """The reward weights a preset in configs/ sets: the one place each task's weights are written."""
+    from grpo.config import read_toml
+
+    return read_toml(Path(__file__).resolve().parents[1] / "configs" / preset)["reward_weights"]
+
+
 def test_factory_mt_defaults_compose_the_paper_reward(use_encoder):
-    reward = build_reward(MT_DEFAULT_WEIGHTS, encoder=use_encoder, tau=0.1)
+    reward = build_reward(preset_reward_weights("mt.toml"), encoder=use_encoder, tau=0.1)
     assert reward.weights == {"semantic": 1.5, "language": 1.0}
     examples = [{"target": WEATHER, "target_lang": "zh"}] * 2
     args = batch([WEATHER_PARAPHRASE, "weather"], examples)
@@ -476,7 +482,7 @@ def test_factory_mt_defaults_compose_the_paper_reward(use_encoder):
 
 
 def test_factory_hg_defaults_include_length_guard():
-    reward = build_reward(HG_DEFAULT_WEIGHTS, encoder=TableEncoder(ANIMALS), length_range=(3, 6))
+    reward = build_reward(preset_reward_weights("hg.toml"), encoder=TableEncoder(ANIMALS), length_range=(3, 6))
     assert reward.weights == {"semantic": 1.5, "language": 1.0, "length": 0.5}
     output = reward(*batch(["feline"], [{"target": "cat", "target_lang": "en"}]))
     # 1.5 * 0.6 + 1.0 * 1 (Latin) + 0.5 * 1 (6 characters)
