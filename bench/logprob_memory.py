@@ -35,9 +35,9 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
 from bench.grpo_step import run_in_fresh_process
+from grpo.logprobs import naive_logprobs
 
 VARIANTS = ("naive", "one-chunk", "chunked")
 
@@ -55,23 +55,6 @@ def reset_peak_rss() -> None:
     """Set VmHWM (peak RSS) back to the current RSS (Linux: `echo 5 > /proc/self/clear_refs`)."""
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
-
-
-def naive_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=1.0):
-    """log softmax(z / temperature)[o_t] from the full logits z = model(q; o), 0 where masked.
-
-    The textbook route, and the tests' independent check of the chunked one.
-    Shapes: prompts [B, Lp], completions [B, Lc]; logits [B, Lp+Lc, V] -> [B, Lc].
-    """
-    from grpo.logprobs import position_ids_from_mask
-
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
-    completion_logits = logits[:, prompt_ids.shape[1] - 1 : -1].float() / temperature    # [B, Lc, V]
-    logprobs = F.log_softmax(completion_logits, dim=-1).gather(2, completion_ids.unsqueeze(2)).squeeze(2)
-    return logprobs * completion_mask
 
 
 def measure(variant: str, model_name: str, prompts: int, group_size: int, new_tokens: int, grad: bool,

@@ -38,6 +38,11 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def lm_head(model) -> tuple[torch.Tensor, float | None]:
+    """The LM head's weight W [V, H] and the model's final logit soft-cap (None when it has none, as most)."""
+    return model.get_output_embeddings().weight, getattr(model.config, "final_logit_softcapping", None)
+
+
 def head_logits(hidden: torch.Tensor, head_weight: torch.Tensor, temperature: float, softcap: float | None) -> torch.Tensor:
     """z = (W h) / temperature, in float32, soft-capped first if the model does so. [N, H] -> [N, V]."""
     logits = F.linear(hidden, head_weight).float()
@@ -214,6 +219,23 @@ def shared_prompt_hidden_states(
     return torch.cat([first, completion_hidden[:, :-1]], dim=1)
 
 
+def naive_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=1.0):
+    """log softmax(z / temperature)[o_t] from the full logits z = model(q; o), 0 where masked.
+
+    The textbook route: it holds all [B, Lp+Lc, V] logits at once, which
+    `completion_logprobs` avoids. It is the independent check of that chunked
+    pass in the tests, and the baseline of bench/logprob_memory.py.
+    Shapes: prompts [B, Lp], completions [B, Lc]; logits [B, Lp+Lc, V] -> [B, Lc].
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
+    completion_logits = logits[:, prompt_ids.shape[1] - 1 : -1].float() / temperature    # [B, Lc, V]
+    logprobs = F.log_softmax(completion_logits, dim=-1).gather(2, completion_ids.unsqueeze(2)).squeeze(2)
+    return logprobs * completion_mask
+
+
 class TokenLogprobs(NamedTuple):
     """What `completion_logprobs` returns, per completion token."""
 
@@ -250,8 +272,7 @@ def completion_logprobs(
         hidden = shared_prompt_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size)
     else:
         hidden = completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-    head_weight = model.get_output_embeddings().weight
-    softcap = getattr(model.config, "final_logit_softcapping", None)
+    head_weight, softcap = lm_head(model)
     return TokenLogprobs(*logprobs_from_hidden(
         hidden, head_weight, completion_ids, completion_mask, temperature, softcap, chunk_tokens, with_entropy
     ))
