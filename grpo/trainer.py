@@ -84,7 +84,6 @@ class Reference:
                 return rollout_logprobs(policy, rollout, cfg).logprobs
 
 
-
 def rollout_logprobs(model, rollout: Rollout, cfg: GRPOConfig, rows=None, with_entropy=False) -> TokenLogprobs:
     """Log-probs [b, Lc] (and entropy) of the rollout's completion tokens for the given rows.
 
@@ -180,6 +179,9 @@ def reward_term_weights(reward_fn, cfg: GRPOConfig) -> dict[str, float]:
     return weights
 
 
+# --------------------------------------------------------------------------
+# Step 4: group-relative advantages
+# --------------------------------------------------------------------------
 def global_group_advantages(scores: torch.Tensor, valid: torch.Tensor,
                             cfg: GRPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's advantages [b], computed over the rewards of every rank; zero-std flags [P * world] of all groups.
@@ -365,18 +367,6 @@ def completion_rows(scored: ScoredBatch, advantages: torch.Tensor, group_size: i
              "reward": number(scored.rewards[i]), "advantage": number(advantages[i]),
              "length": int(lengths[i]), "truncated": bool(truncated[i])}
             for i, (example, completion) in enumerate(zip(scored.examples, scored.completions))]
-
-
-def log_completions(logger: MetricsLogger, rows: list[dict], group_size: int, step: int) -> None:
-    """All rows to completions/step-N.jsonl and TensorBoard; the first group's to the console."""
-    terms = list(rows[0]["terms"]) if rows else []
-    logger.log_samples(
-        step, rows, table=[{**row["terms"], **row} for row in rows],
-        columns=["group", "reward", "advantage", "length", "truncated", *terms, "target", "completion", "prompt"],
-        console_columns=["reward", "advantage", "length", "truncated", *[t for t in terms if "/" not in t],
-                         "completion"],
-        console_rows=min(group_size, 8),
-    )
 
 
 def log_completions(logger: MetricsLogger, rows: list[dict], group_size: int, step: int) -> None:
