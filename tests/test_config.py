@@ -158,3 +158,11 @@ def test_a_checkpoint_saved_under_the_old_names_resumes_under_the_new_ones():
     saved["adv_eps"] = saved.pop("std_offset")
     saved["loss_aggregation"] = "sequence"
     assert check_resume_matches(cfg, saved, Path("checkpoint")) == []
+
+
+def test_the_config_knows_the_terms_the_reward_factory_builds():
+    # grpo/ does not import rewards/, so config.py lists the reward terms itself: the lists must agree.
+    from grpo.config import REWARD_TERMS
+    from rewards import REWARD_NAMES
+
+    assert set(REWARD_TERMS) == set(REWARD_NAMES) | {"overlong"}  # overlong: the trainer's own term

@@ -255,3 +255,24 @@ def test_sft_logs_to_tensorboard_through_the_same_logger(tmp_path):
         logged = [(row["step"], row[tag]) for row in rows if tag in row]
         assert [(e.step, e.value) for e in accumulator.Scalars(tag)] == [(s, pytest.approx(v)) for s, v in logged]
     assert [e.step for e in accumulator.Scalars("eval/loss")] == [0, 1, 2]
+
+
+def test_a_checkpoint_with_one_rng_state_for_every_rank_still_resumes(tmp_path):
+    # SFT checkpoints written before GRPO and SFT shared one resume path hold a single RNG state, not a list.
+    import torch
+
+    from grpo import checkpoint as ckpt
+    from grpo.training_run import Checkpointer, ExampleSampler, Run
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    sampler = ExampleSampler(5, seed=0)
+    torch.manual_seed(123)
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "sampler": {"epoch": 1, "index": 2}, "rng": ckpt.rng_state(), "step": 4}
+    expected = torch.rand(3)
+    run = Run(cfg=None, requested=None, rank=0, world_size=1, run_dir=tmp_path, resume_from=None)
+    assert Checkpointer(run, model, None, optimizer, scheduler, sampler).restore(state) == 4
+    assert torch.equal(torch.rand(3), expected)
+    assert sampler.state() == {"epoch": 1, "index": 2}
