@@ -345,15 +345,21 @@ class Checkpointer:
     generator: torch.Generator | None = None   # the sampling generator, when the loop draws from its own
 
     def restore(self, state: dict | None) -> int:
-        """Load `load_resume_state`'s state (None: a new run); returns the step to continue after."""
+        """Load `load_resume_state`'s state (None: a new run); returns the step to continue after.
+
+        Each rank takes its own RNG states back. A rank the checkpoint holds none
+        for (a run resumed on more processes than it was saved from) keeps the
+        seeds it was given at start.
+        """
         if state is None:
             return 0
         ckpt.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load(state["sampler"])
-        rng = state["rng"]
-        # Older SFT checkpoints hold one RNG state for every rank.
-        ckpt.set_rng_state(rng if isinstance(rng, dict) else rng[self.run.rank], self.generator)
+        # Older SFT checkpoints hold one RNG state, shared by every rank.
+        rng_per_rank = state["rng"] if isinstance(state["rng"], list) else [state["rng"]] * self.run.world_size
+        if self.run.rank < len(rng_per_rank):
+            ckpt.set_rng_state(rng_per_rank[self.run.rank], self.generator)
         return state["step"]
 
     def save(self, step: int) -> None:
