@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo.advantages import SCALES
+from grpo.data import TASKS
 from grpo.errors import ConfigError
 from grpo.lora import DEFAULT_TARGET_MODULES, LoraSettings
 from grpo.loss import AGGREGATIONS, IMPORTANCE_LEVELS, KL_ESTIMATORS
@@ -230,7 +231,7 @@ class RunConfig:
         "names (last component) of the Linear layers that get adapters",
     )
 
-    task: str = option("mt", "mt: translation; hg: headline generation", ("mt", "hg"))
+    task: str = option("mt", "mt: translation; hg: headline generation", TASKS)
     data: str = option("data/mt", "folder with train.jsonl and dev.jsonl (test.jsonl optional), or one JSONL file")
     source_lang: str = option("bo", "language of the model's input (bo, zh, en, ...)")
     target_lang: str = option("zh", "language the model must write")
