@@ -33,15 +33,15 @@ test:
 	$(PY) -m pytest tests
 
 smoke:
-	$(PY) -m grpo.train configs/smoke.toml $(ARGS)
+	$(PY) -m grpo configs/smoke.toml $(ARGS)
 
 # The paper's two stages: cold-start SFT on a small subset, tau from its dev outputs, then GRPO from it
 # (which is also GRPO's KL reference). `make cold-start-mt` runs the first two alone.
 train-mt: cold-start-mt
-	$(PY) -m grpo.train runs/cold-start-mt/grpo.toml $(ARGS)
+	$(PY) -m grpo runs/cold-start-mt/grpo.toml $(ARGS)
 
 train-hg: data/hg/train.jsonl
-	$(PY) -m grpo.train $(or $(CONFIG),configs/hg.toml) $(RUN_ARGS)
+	$(PY) -m grpo $(or $(CONFIG),configs/hg.toml) $(RUN_ARGS)
 
 sft-mt:
 	$(PY) -m baselines.sft $(or $(CONFIG),configs/sft_mt.toml) $(MT_ARGS) $(RUN_ARGS)
@@ -59,7 +59,7 @@ cold-start-mt:
 cold-start-hg: data/hg/train.jsonl
 	$(PY) -m baselines.sft configs/cold_start_hg.toml overwrite=true $(RUN_ARGS)
 	$(PY) -m grpo.tau --model runs/cold-start-hg/final --config configs/hg.toml --out runs/cold-start-hg/grpo.toml $(if $(DATA),data=$(DATA))
-	$(PY) -m grpo.train runs/cold-start-hg/grpo.toml out_dir=runs/grpo-cold-start-hg overwrite=true
+	$(PY) -m grpo runs/cold-start-hg/grpo.toml out_dir=runs/grpo-cold-start-hg overwrite=true
 
 # The paper's transfer experiment: headline generation from a trained MT model on K training samples.
 #   make transfer-hg FROM=runs/grpo-mt K=1000        (GRPO; writes runs/transfer-hg-grpo-mt)
@@ -74,7 +74,7 @@ need-from:
 	$(if $(FROM),,$(error FROM=<MT run folder or model> is required: make transfer-hg FROM=runs/grpo-mt K=1000))
 
 transfer-hg: need-from $(if $(DATA),,data/hg/train.jsonl)
-	$(PY) -m grpo.train $(or $(CONFIG),configs/hg.toml) out_dir=runs/transfer-hg-$(FROM_NAME) $(TRANSFER_ARGS)
+	$(PY) -m grpo $(or $(CONFIG),configs/hg.toml) out_dir=runs/transfer-hg-$(FROM_NAME) $(TRANSFER_ARGS)
 
 sft-transfer-hg: need-from $(if $(DATA),,data/hg/train.jsonl)
 	$(PY) -m baselines.sft $(or $(CONFIG),configs/sft_hg.toml) out_dir=runs/sft-transfer-hg-$(FROM_NAME) $(TRANSFER_ARGS)

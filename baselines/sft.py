@@ -10,15 +10,15 @@ batch; prompt and padding tokens are not scored:
 
 with m[b, t] = 1 on completion tokens and N = sum m over the whole batch.
 
-Everything around the loss is the GRPO trainer's: the prompts (`load_task_examples`),
-the chunked log-prob pass (`completion_logprobs`, temperature 1), AdamW with
-warmup + cosine, the run folder (config.toml, metrics.jsonl, eval/,
-checkpoints/), checkpoints that load with `load_model` and resume with
-`resume=auto`. A run's last checkpoint is also reachable as `<out_dir>/final`,
+Everything around the loss is GRPO's: the prompts, AdamW with warmup + cosine,
+the run folder (config.toml, metrics.jsonl, eval/, checkpoints/), checkpoints
+that load with `load_model` and resume with `resume=auto`, all through the same
+functions (`grpo.training_run`), and the chunked log-prob pass
+(`completion_logprobs`, temperature 1). A run's last checkpoint is also reachable as `<out_dir>/final`,
 so the next stage names it without knowing the step count:
 
     python -m baselines.sft configs/cold_start_mt.toml
-    python -m grpo.train configs/mt.toml model=runs/cold-start-mt/final
+    python -m grpo configs/mt.toml model=runs/cold-start-mt/final
 
 Under torchrun it runs data-parallel as GRPO does (gloo on CPU, nccl on GPU):
 
@@ -28,7 +28,6 @@ Under torchrun it runs data-parallel as GRPO does (gloo on CPU, nccl on GPU):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -37,25 +36,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grpo import checkpoint as ckpt
 from grpo import distributed as dist
 from grpo import run_folder
-from grpo.config import RunConfig, check, option, save_config, to_dict
+from grpo.config import RunConfig, check, option
 from grpo.errors import ConfigError
 from grpo.guards import NonFiniteGuard, TooManySkippedSteps
 from grpo.logprobs import completion_logprobs
-from grpo.metrics import MetricsLogger
 from grpo.models import load_model
-from grpo.trainer import (
-    PromptSampler,
-    check_resume_matches,
+from grpo.training_run import (
+    Checkpointer,
+    ExampleSampler,
+    begin_logging,
     clip_and_step,
     finish_run,
+    is_due,
+    load_resume_state,
     load_task_examples,
     make_optimizer,
-    prepare_run_dir,
+    start_run,
     trainable_parameters,
     warmup_cosine,
+    write_eval_rows,
 )
 
 
@@ -78,6 +79,11 @@ class SFTConfig(RunConfig):
               f"be >= 1 and divide batch_size = {self.batch_size}", self.grad_accum_steps)
         check(self.epochs >= 0, "epochs", "be >= 0", self.epochs)
         check(self.max_target_tokens >= 1, "max_target_tokens", "be >= 1", self.max_target_tokens)
+
+    def check_world_size(self, world_size: int) -> None:
+        if self.batch_size % (world_size * self.grad_accum_steps):
+            raise ConfigError(f"batch_size = {self.batch_size} must split into {world_size} processes x "
+                              f"grad_accum_steps = {self.grad_accum_steps} equal micro-batches")
 
     @property
     def micro_batch_size(self) -> int:
@@ -175,9 +181,8 @@ def completion_token_logprobs(model, batch: SFTBatch, chunk_tokens: int) -> torc
 
     Temperature 1: the model's own distribution, not a sampling one.
     """
-    logprobs, _ = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                                      batch.completion_mask, temperature=1.0, chunk_tokens=chunk_tokens)
-    return logprobs
+    return completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                               batch.completion_mask, temperature=1.0, chunk_tokens=chunk_tokens).logprobs
 
 
 def sft_loss(logprobs: torch.Tensor, completion_mask: torch.Tensor, total_tokens: float) -> torch.Tensor:
@@ -231,13 +236,9 @@ def evaluate_loss(model, dev: list[TokenizedExample], dev_examples: list[dict], 
         logprobs = completion_token_logprobs(model, tensors, cfg.logprob_chunk_tokens)
         nll[rows] = (-(logprobs * tensors.completion_mask).sum(dim=1)).cpu().numpy()
     tokens = np.array([len(e.completion_ids) for e in dev])
-    out_dir = run_dir / "eval"
-    out_dir.mkdir(exist_ok=True)
-    with open(out_dir / f"step-{step:06d}.jsonl", "w", encoding="utf-8") as f:
-        for example, example_nll, example_tokens in zip(dev_examples, nll, tokens):
-            row = {"id": example["id"], "source": example["source"], "target": example["target"],
-                   "loss": float(example_nll / example_tokens), "tokens": int(example_tokens)}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_eval_rows(run_dir, step, [{"id": example["id"], "source": example["source"], "target": example["target"],
+                                     "loss": float(example_nll / example_tokens), "tokens": int(example_tokens)}
+                                    for example, example_nll, example_tokens in zip(dev_examples, nll, tokens)])
     return {"eval/loss": float(nll.sum() / tokens.sum())}
 
 
@@ -252,20 +253,10 @@ def train_sft(cfg: SFTConfig) -> Path:
     the global batch; gradients and the loss are summed over ranks before the
     step, and only rank 0 logs, evaluates and checkpoints.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    rank, world_size = dist.init(cfg.device)
-    requested = cfg  # what config.toml and checkpoints record: device "cuda", not this rank's "cuda:1"
-    if dist.local_device(cfg.device) != cfg.device:
-        cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
-    if cfg.batch_size % (world_size * cfg.grad_accum_steps):
-        raise ConfigError(f"batch_size = {cfg.batch_size} must split into {world_size} processes x "
-                          f"grad_accum_steps = {cfg.grad_accum_steps} equal micro-batches")
-    torch.manual_seed(cfg.seed)  # the same on every rank: the same LoRA initialisation
-    np.random.seed(cfg.seed)
-    run_dir, resume_from = prepare_run_dir(cfg)
-
+    run = start_run(cfg)
+    cfg = run.cfg
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
+    state = load_resume_state(run, model)
     train_examples, dev_examples = load_task_examples(cfg, tokenizer)
     train = [tokenize_example(tokenizer, e, cfg.max_target_tokens) for e in train_examples]
     dev = [tokenize_example(tokenizer, e, cfg.max_target_tokens) for e in dev_examples]
@@ -274,56 +265,33 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     optimizer = make_optimizer(model, cfg)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, steps, cfg.min_lr_ratio)
-    sampler = PromptSampler(len(train), cfg.seed)
+    sampler = ExampleSampler(len(train), cfg.seed)
     guard = NonFiniteGuard(cfg.max_skipped_steps)
+    checkpoints = Checkpointer(run, model, tokenizer, optimizer, scheduler, sampler)
+    start_step = checkpoints.restore(state)
 
-    start_step = 0
-    if resume_from is not None:
-        state = ckpt.load_trainer_state(resume_from)
-        check_resume_matches(requested, state["config"], resume_from)
-        ckpt.load_policy_weights(model, resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load(state["sampler"])
-        ckpt.set_rng_state(state["rng"])
-        start_step = state["step"]
-    if dist.is_main():
-        run_folder.start(run_dir)  # everything loaded: an old run being replaced moves aside only now
-        save_config(requested, run_dir / "config.toml")
-
-    def save(step: int) -> None:
-        if dist.is_main():
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "sampler": sampler.state(), "rng": ckpt.rng_state(), "config": to_dict(requested)}
-            ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
-            run_folder.commit(run_dir)
-        dist.barrier()
-
-    # A resumed run repeats the steps after its checkpoint: their old metric lines go.
-    logger = MetricsLogger(run_dir, steps, bar_keys=("loss", "eval/loss"), initial_step=start_step,
-                           truncate_after=start_step if resume_from else None, enabled=dist.is_main(),
-                           report_to=cfg.report_to)
+    logger = begin_logging(run, steps, start_step, bar_keys=("loss", "eval/loss"))
     truncated = sum(e.truncated for e in train)
-    logger.message(f"run folder: {run_dir}  |  {len(train)} train / {len(dev)} dev examples  |  "
+    logger.message(f"run folder: {run.run_dir}  |  {len(train)} train / {len(dev)} dev examples  |  "
                    f"{steps} steps of {cfg.batch_size}"
                    + (f"  |  {truncated} targets cut at max_target_tokens={cfg.max_target_tokens}" if truncated else "")
-                   + (f"  |  {world_size} processes" if world_size > 1 else ""))
+                   + (f"  |  {run.world_size} processes" if run.world_size > 1 else ""))
     if dev and start_step == 0 and dist.is_main():
-        logger.log(0, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run_dir, 0), advance=False)
+        logger.log(0, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run.run_dir, 0), advance=False)
 
     for step in range(start_step + 1, steps + 1):
         started = time.perf_counter()
         model.train()
         batch = [train[i] for i in sampler.take(cfg.batch_size)]     # the global batch, the same on every rank
         optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_gradients(model, batch[rank::world_size], cfg, pad_id,
+        loss = accumulate_gradients(model, batch[run.rank::run.world_size], cfg, pad_id,
                                     total_tokens=sum(len(e.completion_ids) for e in batch))
         dist.all_reduce_gradients(trainable_parameters(model))
         loss = dist.all_reduce_sum(loss)
         try:
             grad_norm, skipped = clip_and_step(model, optimizer, scheduler, loss, cfg.max_grad_norm, guard)
         except TooManySkippedSteps:
-            save(step)  # skipped steps changed nothing: these are the last good weights
+            checkpoints.save(step)  # skipped steps changed nothing: these are the last good weights
             logger.close()
             raise
         seconds = time.perf_counter() - started
@@ -333,27 +301,27 @@ def train_sft(cfg: SFTConfig) -> Path:
             "skipped_updates": int(skipped),
             "skipped_updates_total": guard.total,
             "lr": scheduler.get_last_lr()[0],
-            "epoch": sampler.epoch + sampler.index / len(train),
+            "epoch": sampler.epochs_done,
             "completion_tokens": sum(len(e.completion_ids) for e in batch),
             "time/step": round(seconds, 4),
             # prompt and completion tokens through the model, padding not counted
             "tokens_per_second": sum(e.num_tokens for e in batch) / max(seconds, 1e-9),
         })
 
-        if dev and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps) and dist.is_main():
-            logger.log(step, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run_dir, step), advance=False)
+        if dev and is_due(step, cfg.eval_every, steps) and dist.is_main():
+            logger.log(step, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run.run_dir, step), advance=False)
 
-        if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
-            save(step)
+        if is_due(step, cfg.save_every, steps):
+            checkpoints.save(step)
 
     logger.close()
-    finish_run(run_dir)
-    return run_dir
+    finish_run(run.run_dir)
+    return run.run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m baselines.sft [PRESET.toml] [key=value ...]`; `--help` lists every key."""
-    from grpo.train import main as run_main
+    from grpo.cli import main as run_main
 
     return run_main(argv, config_class=SFTConfig, run=train_sft, usage=__doc__)
 

@@ -48,7 +48,7 @@ def time_rollouts(mode: str, overrides: dict, rollouts: int, warmup: int, genera
     from grpo.config import GRPOConfig, load_config
     from grpo.models import load_model
     from grpo.static_rollout import make_sampler
-    from grpo.trainer import autocast, load_task_examples
+    from grpo.training_run import autocast, load_task_examples
 
     overrides = dict(overrides)
     prompt_tokens = int(overrides.pop("prompt_tokens", 0))

@@ -40,7 +40,7 @@ BENCH_DEFAULTS = {
     "beta": 0.04,
     "mu": 1,
     "lr": 1e-6,
-    "loss_aggregation": "token",
+    "loss_aggregation": "token-mean",
     "scale_rewards": "group",
     "reward_weights": {"semantic": 1.0},
     "ignore_eos": True,
@@ -146,7 +146,7 @@ def run(overrides: dict) -> dict:
     from grpo.config import GRPOConfig, load_config
     from grpo.errors import ConfigError
     from grpo.metrics import read_metrics
-    from grpo.trainer import train
+    from grpo.cli import train_grpo
 
     steps, warmup = overrides.pop("steps", 5), overrides.pop("warmup", 1)
     prompt_tokens = overrides.pop("prompt_tokens", 0)
@@ -159,7 +159,7 @@ def run(overrides: dict) -> dict:
         settings.update(out_dir=str(Path(tmp) / "run"), overwrite=True)
         cfg = load_config(GRPOConfig, overrides=settings)
         with prompts_cut_to(prompt_tokens):
-            train(cfg)
+            train_grpo(cfg)
         rows = [r for r in read_metrics(Path(tmp) / "run" / "metrics.jsonl") if "time/step" in r][warmup:]
     peak, peak_gpu = peak_rss_gb(), peak_gpu_gb()
 
@@ -203,14 +203,14 @@ def run(overrides: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     from grpo.config import parse_overrides
-    from grpo.errors import UserError
+    from grpo.cli import USER_ERRORS
 
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
         return 0
     try:
         result = run(dict(parse_overrides(argv)))
-    except UserError as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result))

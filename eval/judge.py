@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eval.multiple_choice import first_token_ids, next_token_logprobs
+from eval.next_token import first_token_ids, next_token_logprobs
 from grpo.data import read_jsonl, render_prompt
 from grpo.errors import ConfigError, DataError, UserError
 from grpo.models import DTYPES, load_model

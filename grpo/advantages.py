@@ -16,10 +16,10 @@ def group_advantages(
     rewards: torch.Tensor,
     group_size: int,
     scale: str = "group",
-    eps: float = 1e-4,
+    std_offset: float = 1e-4,
     valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A_i = (r_i - mean_group(r)) / (std + eps).
+    """A_i = (r_i - mean_group(r)) / (std + std_offset).
 
     The standard deviation is the unbiased (n - 1) one, as in TRL, and is
     taken per group (scale="group", the original GRPO), over the whole batch
@@ -34,7 +34,8 @@ def group_advantages(
         rewards: [B] float, B = P * G, grouped contiguously.
         group_size: G.
         scale: "group" | "batch" | "none".
-        eps: added to the standard deviation.
+        std_offset: added to the standard deviation, so that a group of nearly equal rewards
+            does not blow its small differences up into advantages of size 1.
         valid: optional [B] bool; invalid rows (a failed reward) are left out
             of their group's mean and std and get advantage 0.
 
@@ -56,14 +57,14 @@ def group_advantages(
     zero_std_groups = (centred.abs().amax(dim=1) == 0)                              # [P]
 
     if scale == "group":
-        advantages = centred / (group_std + eps)
+        advantages = centred / (group_std + std_offset)
     elif scale == "batch":
         flat_valid = valid_grouped.flatten().bool()
         batch_std = rewards[flat_valid].std() if flat_valid.sum() > 1 else rewards.new_tensor(0.0)
-        advantages = centred / (batch_std + eps)
+        advantages = centred / (batch_std + std_offset)
     else:
         advantages = centred
-    # Exactly zero even with eps = 0, where 0 / 0 would give NaN.
+    # Exactly zero even with std_offset = 0, where 0 / 0 would give NaN.
     advantages = torch.where(zero_std_groups.unsqueeze(1), 0.0, advantages)
     return advantages.flatten(), zero_std_groups
 
@@ -72,12 +73,12 @@ def normalize_then_sum(
     term_rewards: dict[str, torch.Tensor],
     weights: dict[str, float],
     group_size: int,
-    eps: float = 1e-4,
+    std_offset: float = 1e-4,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """GDPO: normalise each reward term within its group, then take the weighted sum.
 
-        r~_i = sum_k w_k * (r_ik - mean_g(r_k)) / (std_g(r_k) + eps)
+        r~_i = sum_k w_k * (r_ik - mean_g(r_k)) / (std_g(r_k) + std_offset)
 
     with the mean and (n - 1) std of term k over the valid rows of i's group g,
     i.e. each term passed through `group_advantages` with scale="group". A
@@ -96,6 +97,6 @@ def normalize_then_sum(
     """
     total = None
     for name, values in term_rewards.items():
-        normalised, _ = group_advantages(values, group_size, "group", eps, valid)
+        normalised, _ = group_advantages(values, group_size, "group", std_offset, valid)
         total = weights[name] * normalised if total is None else total + weights[name] * normalised
     return total

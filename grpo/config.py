@@ -1,4 +1,7 @@
-"""The one config system: dataclasses, TOML presets, `key=value` overrides.
+"""The trainers' config system: dataclasses, TOML presets, `key=value` overrides.
+
+GRPO and SFT are configured here; the evaluation and data commands and
+`grpo.tau` parse their own options with argparse.
 
 A trainer's config is a flat dataclass whose fields carry their defaults and
 whose `help` metadata documents them. A run's config is resolved in three
@@ -21,12 +24,33 @@ import dataclasses
 import difflib
 import json
 import math
+import sys
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
+from grpo.advantages import SCALES
+from grpo.data import TASKS
 from grpo.errors import ConfigError
+from grpo.lora import DEFAULT_TARGET_MODULES, LoraSettings
+from grpo.loss import AGGREGATIONS, IMPORTANCE_LEVELS, KL_ESTIMATORS
+
+# Renamed keys and values: the old spelling still loads, with a note, until the next release, so that
+# presets, command lines and the config.toml and checkpoints of existing runs keep working.
+RENAMED_KEYS = {"adv_eps": "std_offset"}
+RENAMED_VALUES = {"loss_aggregation": {"sequence": "seq-mean-token-mean", "token": "token-mean",
+                                       "dr_grpo": "seq-mean-token-sum-norm"}}
+
+
+def current_name(key: str, value: Any, where: str | None = None) -> tuple[str, Any]:
+    """(key, value) spelled the current way; says so on stderr when `where` names an old spelling's source."""
+    new_key = RENAMED_KEYS.get(key, key)
+    new_value = RENAMED_VALUES.get(new_key, {}).get(value, value) if isinstance(value, str) else value
+    if where is not None and (new_key, new_value) != (key, value):
+        print(f"note: {key} = {value!r} in {where} is now {new_key} = {new_value!r}; "
+              "the old spelling will stop loading in the next release", file=sys.stderr)
+    return new_key, new_value
 
 
 def option(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -125,6 +149,7 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] | di
     values: dict[str, Any] = {}
 
     def set_value(key: str, value: Any, where: str) -> None:
+        key, value = current_name(key, value, where)
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -202,11 +227,11 @@ class RunConfig:
     lora_alpha: float = option(16.0, "LoRA alpha (scaling = alpha / r)")
     lora_dropout: float = option(0.0, "dropout on the LoRA branch input")
     lora_target_modules: list = option(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        list(DEFAULT_TARGET_MODULES),
         "names (last component) of the Linear layers that get adapters",
     )
 
-    task: str = option("mt", "mt: translation; hg: headline generation", ("mt", "hg"))
+    task: str = option("mt", "mt: translation; hg: headline generation", TASKS)
     data: str = option("data/mt", "folder with train.jsonl and dev.jsonl (test.jsonl optional), or one JSONL file")
     source_lang: str = option("bo", "language of the model's input (bo, zh, en, ...)")
     target_lang: str = option("zh", "language the model must write")
@@ -235,9 +260,8 @@ class RunConfig:
 
     def validate(self) -> None:
         check(self.lora_r >= 0, "lora_r", "be >= 0", self.lora_r)
-        check(self.lora_alpha > 0, "lora_alpha", "be > 0", self.lora_alpha)
-        check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "be in [0, 1)", self.lora_dropout)
-        check(len(self.lora_target_modules) > 0, "lora_target_modules", "name at least one module", self.lora_target_modules)
+        if self.lora_r:
+            LoraSettings(**self.lora)  # the ranges of alpha, dropout and target modules, checked where LoRA is
         check(self.limit >= 0, "limit", "be >= 0", self.limit)
         check(self.dev_limit >= 0, "dev_limit", "be >= 0", self.dev_limit)
         check(self.max_prompt_tokens >= 0, "max_prompt_tokens", "be >= 0", self.max_prompt_tokens)
@@ -264,6 +288,9 @@ class RunConfig:
             from grpo.metrics import tensorboard_writer
 
             tensorboard_writer()  # fails here, before any model is loaded, when the package is missing
+
+    def check_world_size(self, world_size: int) -> None:
+        """Refuse a launch whose number of processes this config cannot train with (raises ConfigError)."""
 
     @property
     def lora(self) -> dict | None:
@@ -312,17 +339,16 @@ class GRPOConfig(RunConfig):
         0.5, "refuse to start when the semantic reward's encoder cannot read more than this share of the "
              "training targets' characters (1 = never refuse)")
 
-    scale_rewards: str = option("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)",
-                                ("group", "batch", "none"))
-    adv_eps: float = option(1e-4, "added to the std in the advantage denominator")
-    loss_aggregation: str = option("sequence", "sequence (GRPO), token (DAPO), dr_grpo (Dr. GRPO)",
-                                   ("sequence", "token", "dr_grpo"))
+    scale_rewards: str = option("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)", SCALES)
+    std_offset: float = option(1e-4, "added to the std in the advantage denominator: (r - mean) / (std + std_offset)")
+    loss_aggregation: str = option("seq-mean-token-mean", "seq-mean-token-mean (GRPO), token-mean (DAPO), "
+                                   "seq-mean-token-sum-norm (Dr. GRPO); see loss.aggregate", AGGREGATIONS)
     importance_level: str = option("token", "importance ratio per token (GRPO) or per sequence (GSPO)",
-                                   ("token", "sequence"))
+                                   IMPORTANCE_LEVELS)
     eps_low: float = option(0.2, "clip range below 1: rho >= 1 - eps_low")
     eps_high: float = option(0.2, "clip range above 1: rho <= 1 + eps_high (DAPO uses 0.28)")
     beta: float = option(0.04, "KL coefficient; 0 loads no reference model")
-    kl_estimator: str = option("k3", "KL estimator", ("k1", "k2", "k3"))
+    kl_estimator: str = option("k3", "KL estimator", KL_ESTIMATORS)
     mask_truncated: bool = option(False, "leave completions cut at max_new_tokens out of the loss (DAPO)")
     delta: float = option(0.0, "two-sided clip (INTELLECT-2): with A < 0 the ratio is also capped at delta, "
                                "which must exceed 1 + eps_high; 0 = off")
@@ -377,7 +403,7 @@ class GRPOConfig(RunConfig):
         check(0 <= self.max_unread_target_chars <= 1, "max_unread_target_chars", "be in [0, 1]",
               self.max_unread_target_chars)
         check(0 <= self.length_min <= self.length_max, "length_min", "be in [0, length_max]", self.length_min)
-        check(self.adv_eps >= 0, "adv_eps", "be >= 0", self.adv_eps)
+        check(self.std_offset >= 0, "std_offset", "be >= 0", self.std_offset)
         check(self.eps_low >= 0, "eps_low", "be >= 0", self.eps_low)
         check(self.eps_high >= 0, "eps_high", "be >= 0", self.eps_high)
         check(self.beta >= 0, "beta", "be >= 0", self.beta)
@@ -410,3 +436,8 @@ class GRPOConfig(RunConfig):
             check(not self.share_prompt_pass or self.micro_batch_size % self.group_size == 0, "micro_batch_size",
                   f"be a multiple of group_size = {self.group_size} while share_prompt_pass = true",
                   self.micro_batch_size)
+
+    def check_world_size(self, world_size: int) -> None:
+        if self.fsdp and world_size < 2:
+            raise ConfigError("fsdp = true shards the weights over the processes of a torchrun launch; "
+                              "start it with torchrun --nproc_per_node N (N >= 2), or leave fsdp off")

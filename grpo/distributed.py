@@ -1,6 +1,6 @@
 """Data-parallel training on torch.distributed (gloo on CPU, nccl on GPU).
 
-Launch with `torchrun --nproc_per_node N -m grpo.train ...`. Each rank
+Launch with `torchrun --nproc_per_node N -m grpo ...`. Each rank
 samples its own prompts and keeps all G completions of a prompt, so group
 statistics never cross ranks. What must cross ranks is made explicit here:
 
@@ -165,8 +165,3 @@ def shard_model(model) -> None:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
-
-
-def shutdown() -> None:
-    if is_distributed():
-        dist.destroy_process_group()

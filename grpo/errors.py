@@ -1,10 +1,11 @@
-"""The one exception type for mistakes a user can make.
+"""The engine's exception types for mistakes a user can make.
 
 Anything a user can cause (a bad config value, a malformed data line, a model
 name that does not resolve) is raised as a `UserError` subclass whose message
 says what is wrong and what to do. The command-line entry points catch it and
 print the message without a traceback; everything else is a bug and keeps its
-traceback.
+traceback. The rewards package has its own, `rewards.errors.RewardError`,
+which the entry points print in the same way.
 """
 
 
@@ -22,10 +23,6 @@ class DataError(UserError):
 
 class ModelError(UserError):
     """A model name or folder that cannot be resolved or loaded."""
-
-
-class RewardError(UserError):
-    """A reward or reward encoder that cannot be built or loaded."""
 
 
 class CheckpointError(UserError):

@@ -1,7 +1,7 @@
 """Per-token log-probs of completion tokens, without materialising full logits.
 
 A [batch, time, vocab] float32 logits tensor is the largest object in a GRPO
-step: for Gemma-3's 262k vocabulary, 16 completions of 64 tokens take 4.3 GB,
+step: for Gemma-3's 262k vocabulary, 16 completions of 64 tokens take 1.07 GB,
 and its gradient as much again. We run the transformer body once, then push
 the hidden states through the LM head a chunk of tokens at a time, keeping
 only the log-prob of the sampled token (and, for logging, the entropy). When
@@ -15,6 +15,7 @@ layer's activations from its input.
 from __future__ import annotations
 
 import types
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,11 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     position at scoring time equals its position at sampling time.
     """
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def lm_head(model) -> tuple[torch.Tensor, float | None]:
+    """The LM head's weight W [V, H] and the model's final logit soft-cap (None when it has none, as most)."""
+    return model.get_output_embeddings().weight, getattr(model.config, "final_logit_softcapping", None)
 
 
 def head_logits(hidden: torch.Tensor, head_weight: torch.Tensor, temperature: float, softcap: float | None) -> torch.Tensor:
@@ -213,6 +219,30 @@ def shared_prompt_hidden_states(
     return torch.cat([first, completion_hidden[:, :-1]], dim=1)
 
 
+def naive_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=1.0):
+    """log softmax(z / temperature)[o_t] from the full logits z = model(q; o), 0 where masked.
+
+    The textbook route: it holds all [B, Lp+Lc, V] logits at once, which
+    `completion_logprobs` avoids. It is the independent check of that chunked
+    pass in the tests, and the baseline of bench/logprob_memory.py.
+    Shapes: prompts [B, Lp], completions [B, Lc]; logits [B, Lp+Lc, V] -> [B, Lc].
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
+    completion_logits = logits[:, prompt_ids.shape[1] - 1 : -1].float() / temperature    # [B, Lc, V]
+    logprobs = F.log_softmax(completion_logits, dim=-1).gather(2, completion_ids.unsqueeze(2)).squeeze(2)
+    return logprobs * completion_mask
+
+
+class TokenLogprobs(NamedTuple):
+    """What `completion_logprobs` returns, per completion token."""
+
+    logprobs: torch.Tensor              # [B, Lc] float32, log pi(o_t | q, o_<t)
+    entropy: torch.Tensor | None        # [B, Lc] float32 entropy of pi(. | q, o_<t), when asked for
+
+
 def completion_logprobs(
     model,
     prompt_ids: torch.Tensor,
@@ -223,7 +253,7 @@ def completion_logprobs(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     with_entropy: bool = False,
     group_size: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> TokenLogprobs:
     """log pi(o_t | q, o_<t) for every completion token.
 
     Args:
@@ -236,17 +266,16 @@ def completion_logprobs(
             prompt: each prompt then goes through the model once.
 
     Returns:
-        logprobs [B, Lc] float32 and optionally entropy [B, Lc].
+        TokenLogprobs: logprobs [B, Lc] float32 and, with `with_entropy`, entropy [B, Lc] (else None).
     """
     if group_size > 1:
         hidden = shared_prompt_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size)
     else:
         hidden = completion_hidden_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-    head_weight = model.get_output_embeddings().weight
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    return logprobs_from_hidden(
+    head_weight, softcap = lm_head(model)
+    return TokenLogprobs(*logprobs_from_hidden(
         hidden, head_weight, completion_ids, completion_mask, temperature, softcap, chunk_tokens, with_entropy
-    )
+    ))
 
 
 def _cache_state(cache) -> tuple[list, list[dict]] | None:

@@ -163,7 +163,7 @@ class LoraLinear(nn.Module):
         """h = W x + b + (alpha / r) * B A dropout(x); x [*, in] -> h [*, out]."""
         if self.disabled and self.merged:
             # W already holds B A, so the base layer alone is not the base model.
-            raise RuntimeError("a merged LoRA layer cannot be disabled; call unmerge_lora(model) first")
+            raise RuntimeError("a merged LoRA layer cannot be disabled; unmerge() it first")
         base_output = self.base_layer(x)
         if self.disabled or self.merged:
             return base_output
@@ -258,14 +258,6 @@ def has_lora(model: nn.Module) -> bool:
     return any(True for _ in lora_layers(model))
 
 
-def lora_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
-    """The trainable LoRA weights (A and B of every layer), for the optimizer."""
-    for _, layer in lora_layers(model):
-        for parameter in (layer.lora_A.weight, layer.lora_B.weight):
-            if parameter.requires_grad:
-                yield parameter
-
-
 @contextlib.contextmanager
 def lora_disabled(model: nn.Module) -> Iterator[None]:
     """Run the base model: every adapter is skipped inside the block.
@@ -282,18 +274,6 @@ def lora_disabled(model: nn.Module) -> Iterator[None]:
     finally:
         for layer, was_disabled in zip(layers, previous_flags):
             layer.disabled = was_disabled
-
-
-def merge_lora(model: nn.Module) -> None:
-    """Add every adapter into its base weight (W <- W + (alpha/r) B A)."""
-    for _, layer in lora_layers(model):
-        layer.merge()
-
-
-def unmerge_lora(model: nn.Module) -> None:
-    """Take every merged adapter back out of its base weight (W <- W - (alpha/r) B A)."""
-    for _, layer in lora_layers(model):
-        layer.unmerge()
 
 
 def merge_and_unload(model: nn.Module) -> None:

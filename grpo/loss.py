@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
-AGGREGATIONS = ("sequence", "token", "dr_grpo")
+# Named for what they compute, as verl names them: GRPO's, DAPO's and Dr. GRPO's aggregation.
+AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 IMPORTANCE_LEVELS = ("token", "sequence")
 
 
@@ -137,21 +138,21 @@ class Normaliser:
 def aggregate(per_token_loss: torch.Tensor, completion_mask: torch.Tensor, mode: str, norm: Normaliser) -> torch.Tensor:
     """Reduce [B, T] per-token losses to the scalar that is differentiated.
 
-        sequence (GRPO):     (1/N) sum_i (1/|o_i|) sum_t m_it L_it
-        token (DAPO):        (1 / sum_it m_it) sum_it m_it L_it
-        dr_grpo (Dr. GRPO):  (1 / (N * T_max)) sum_it m_it L_it
+        seq-mean-token-mean (GRPO):          (1/N) sum_i (1/|o_i|) sum_t m_it L_it
+        token-mean (DAPO):                   (1 / sum_it m_it) sum_it m_it L_it
+        seq-mean-token-sum-norm (Dr. GRPO):  (1 / (N * T_max)) sum_it m_it L_it
 
     N and the token count come from `norm`, i.e. from the whole optimizer
     batch, so a micro-batch returns its share of the batch loss and shares
     add up to the full-batch loss.
     """
     masked = per_token_loss * completion_mask
-    if mode == "sequence":
+    if mode == "seq-mean-token-mean":
         lengths = completion_mask.sum(dim=1).clamp(min=1.0)
         return (masked.sum(dim=1) / lengths).sum() / norm.num_sequences
-    if mode == "token":
+    if mode == "token-mean":
         return masked.sum() / max(norm.num_tokens, 1.0)
-    if mode == "dr_grpo":
+    if mode == "seq-mean-token-sum-norm":
         return masked.sum() / (norm.num_sequences * norm.max_new_tokens)
     raise ValueError(f"mode must be one of {AGGREGATIONS}, got {mode!r}")
 
@@ -173,7 +174,7 @@ def grpo_loss(
     eps_high: float = 0.2,
     beta: float = 0.0,
     kl_estimator: str = "k3",
-    aggregation: str = "sequence",
+    aggregation: str = "seq-mean-token-mean",
     importance_level: str = "token",
     delta: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

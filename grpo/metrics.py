@@ -1,7 +1,7 @@
 """The one metrics logger: a JSONL line per step, a tqdm progress bar, and TensorBoard when asked.
 
-GRPO, SFT and evaluation all log through `MetricsLogger`, so every run folder
-has the same `metrics.jsonl` layout: one JSON object per line with `step`,
+GRPO and SFT both log through `MetricsLogger` (the dev evaluations among
+their steps), so every training run folder has the same `metrics.jsonl` layout: one JSON object per line with `step`,
 wall-clock `time` and the metrics of that step. With `report_to=["tensorboard"]`
 the same numbers, under the same names, also go to `<run>/tensorboard/`.
 Sample tables (`log_samples`) go to `<run>/completions/step-N.jsonl`, a few

@@ -11,11 +11,11 @@ only what improves on the cold start's weakest outputs.
     python -m grpo.tau --model runs/cold-start-mt/final --config configs/mt.toml \
         --percentile 10 --out runs/cold-start-mt/grpo.toml [key=value ...]
 
-It prints `tau=<value>`, an override for `python -m grpo.train`. With --out it
+It prints `tau=<value>`, an override for `python -m grpo`. With --out it
 also writes a complete preset: the --config preset with `model` set to the
 cold-start checkpoint and `tau` to the derived value, so that
 
-    python -m grpo.train runs/cold-start-mt/grpo.toml
+    python -m grpo runs/cold-start-mt/grpo.toml
 
 runs GRPO from the cold start with its own threshold.
 """
@@ -30,39 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
+from grpo.cli import USER_ERRORS
 from grpo.config import GRPOConfig, load_config, save_config
-from grpo.errors import DataError, UserError
+from grpo.errors import DataError
 from grpo.models import load_model
 from grpo.rollout import greedy_completions
-from grpo.trainer import load_task_examples
+from grpo.training_run import load_task_examples
+from rewards.embedding import EmbeddingCosineReward, build_encoder, percentile_tau
 
 DEFAULT_PERCENTILE = 10.0
-
-
-def percentile_tau(cosines: np.ndarray, percentile: float) -> float:
-    """tau = the `percentile`-th percentile of the cosines, floored at 0.
-
-    With the n finite cosines sorted, s_(0) <= ... <= s_(n-1), the percentile
-    interpolates linearly between order statistics (numpy's default rule):
-
-        h = (n - 1) * percentile / 100
-        tau = s_(floor h) + (h - floor h) * (s_(floor h + 1) - s_(floor h))
-
-    A negative value becomes 0 (the reward needs tau in [0, 1), and a negative
-    cosine already earns nothing). NaN cosines (failed encodings) are left out.
-    cosines: [n]; returns a float in [0, 1).
-    """
-    if not 0.0 <= percentile <= 100.0:
-        raise UserError(f"--percentile must lie in [0, 100], got {percentile}")
-    finite = np.asarray(cosines, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
-        raise UserError("no finite cosine to take a percentile of")
-    tau = max(float(np.percentile(finite, percentile)), 0.0)
-    if tau >= 1.0:
-        raise UserError(f"the {percentile:g}th percentile of the cosines is {tau}: the outputs match their targets "
-                        "exactly, which leaves no room for a threshold below 1; choose a lower percentile")
-    return tau
 
 
 def dev_cosines(outputs: list[str], examples: list[dict], cfg: GRPOConfig) -> np.ndarray:
@@ -71,8 +47,6 @@ def dev_cosines(outputs: list[str], examples: list[dict], cfg: GRPOConfig) -> np
     The cosine comes from the semantic reward itself (tau = 0), so it is the
     very s that training thresholds, empty outputs included (they score 0).
     """
-    from rewards.embedding import EmbeddingCosineReward, build_encoder
-
     reward = EmbeddingCosineReward(build_encoder(cfg.encoder, pooling=cfg.encoder_pooling, device=cfg.device),
                                    tau=0.0)
     scored = reward([e["prompt"] for e in examples], outputs, examples)
@@ -126,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             write_preset(cfg, args.model, tau, args.percentile, len(cosines), args.out)
             print(f"wrote {args.out}")
         print(f"tau={tau}")
-    except UserError as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

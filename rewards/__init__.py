@@ -15,8 +15,6 @@ from rewards.embedding import (
     threshold_rescale,
 )
 from rewards.factory import (
-    HG_DEFAULT_WEIGHTS,
-    MT_DEFAULT_WEIGHTS,
     REWARD_NAMES,
     CustomReward,
     build_reward,
@@ -28,14 +26,12 @@ from rewards.language import (
     is_consistent,
     script_of,
 )
-from rewards.length import LengthGuardReward, soft_overlong_penalty
+from rewards.length import LengthGuardReward
 from rewards.lexical import ChrfReward, SentenceBleuReward
 from rewards.repetition import RepetitionPenalty
 
 __all__ = [
-    "HG_DEFAULT_WEIGHTS",
     "LANGUAGE_SCRIPTS",
-    "MT_DEFAULT_WEIGHTS",
     "REWARD_NAMES",
     "SCRIPT_RANGES",
     "ChrfReward",
@@ -56,6 +52,5 @@ __all__ = [
     "build_reward",
     "is_consistent",
     "script_of",
-    "soft_overlong_penalty",
     "threshold_rescale",
 ]

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from grpo.errors import RewardError
+from rewards.errors import RewardError
 
 
 @dataclass

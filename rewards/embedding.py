@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from grpo.errors import RewardError
+from rewards.errors import RewardError
 from rewards.base import RewardOutput, check_batch, example_field
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,36 @@ def threshold_rescale(cos: np.ndarray, tau: float) -> np.ndarray:
     return np.where(s <= tau, 0.0, rescaled)
 
 
+def percentile_tau(cosines: np.ndarray, percentile: float) -> float:
+    """tau = the `percentile`-th percentile of the cosines, floored at 0.
+
+    The threshold `threshold_rescale` takes: the paper sets tau to "the minimal
+    semantic adequacy level of the cold-start model", and `python -m grpo.tau`
+    measures it as a low percentile of that model's dev cosines.
+
+    With the n finite cosines sorted, s_(0) <= ... <= s_(n-1), the percentile
+    interpolates linearly between order statistics (numpy's default rule):
+
+        h = (n - 1) * percentile / 100
+        tau = s_(floor h) + (h - floor h) * (s_(floor h + 1) - s_(floor h))
+
+    A negative value becomes 0 (the reward needs tau in [0, 1), and a negative
+    cosine already earns nothing). NaN cosines (failed encodings) are left out.
+    cosines: [n]; returns a float in [0, 1).
+    """
+    if not 0.0 <= percentile <= 100.0:
+        raise RewardError(f"--percentile must lie in [0, 100], got {percentile}")
+    finite = np.asarray(cosines, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        raise RewardError("no finite cosine to take a percentile of")
+    tau = max(float(np.percentile(finite, percentile)), 0.0)
+    if tau >= 1.0:
+        raise RewardError(f"the {percentile:g}th percentile of the cosines is {tau}: the outputs match their targets "
+                          "exactly, which leaves no room for a threshold below 1; choose a lower percentile")
+    return tau
+
+
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     """Divide each row of [n, d] by its Euclidean norm (zero rows stay zero)."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -78,8 +108,8 @@ def unread_fraction(n_unread: int, n_chars: int) -> float:
 class Encoder(Protocol):
     """A frozen sentence encoder.
 
-    identity: names the encoder and its pooling, so a resumed run can check it
-        scores with the same encoder.
+    identity: names the encoder and its pooling, in the messages that say it
+        cannot read a text.
     encode(texts): [n, d] float32, rows L2-normalised.
     unknown_char_fraction(text): share of the text's non-space characters the
         tokenizer cannot read (sent to its unknown token, or dropped by its

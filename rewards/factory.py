@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from grpo.errors import RewardError
+from rewards.errors import RewardError
 from rewards.base import Reward, RewardOutput, WeightedSum
 from rewards.embedding import EmbeddingCosineReward, Encoder, build_encoder
 from rewards.language import LanguageConsistencyReward
@@ -24,15 +24,6 @@ from rewards.repetition import RepetitionPenalty
 
 REWARD_NAMES = ("semantic", "language", "bleu", "chrf", "length", "repetition", "custom")
 
-MT_DEFAULT_WEIGHTS: dict[str, float] = {"semantic": 1.5, "language": 1.0}
-"""Machine translation: the paper's R = 1.5 * R_sim + 1.0 * R_lang."""
-
-HG_DEFAULT_WEIGHTS: dict[str, float] = {"semantic": 1.5, "language": 1.0, "length": 0.5}
-"""Headline generation: the paper's two terms plus a length guard at 0.5.
-
-The length guard and its weight are this project's choice; the paper reports
-no length term for headline generation.
-"""
 
 
 def build_reward(

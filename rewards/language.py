@@ -27,7 +27,7 @@ import unicodedata
 
 import numpy as np
 
-from grpo.errors import RewardError
+from rewards.errors import RewardError
 from rewards.base import RewardOutput, check_batch, example_field
 
 # Script -> inclusive code-point ranges. Blocks, not the full Unicode Script

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
-from grpo.errors import RewardError
+from rewards.errors import RewardError
 from rewards.base import RewardOutput, check_batch, example_field
 from rewards.language import primary_language
 

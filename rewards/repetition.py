@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from grpo.errors import RewardError
+from rewards.errors import RewardError
 from rewards.base import RewardOutput, check_batch
 
 

@@ -25,6 +25,7 @@ from grpo import trainer
 from grpo.config import GRPOConfig, load_config
 from grpo.models import load_model
 from grpo.rollout import Rollout, sample_groups
+from grpo.training_run import trainable_parameters
 
 PROMPTS, GROUP = 4, 4
 # Below every case's gradient norm, so clipping acts and needs the global norm; the SGD step
@@ -65,7 +66,7 @@ def advantages_main(out_path: str) -> None:
     every_row = dist.all_gather_rows(advantages)
     if dist.is_main():
         torch.save({"advantages": every_row, "zero_std": zero_std}, out_path)
-    dist.shutdown()
+    shutdown()
 
 
 def main(out_path: str, aggregation: str, fsdp: bool, lora: bool) -> None:
@@ -76,7 +77,7 @@ def main(out_path: str, aggregation: str, fsdp: bool, lora: bool) -> None:
     if fsdp:
         dist.shard_model(model)
     # Built before any forward: with FSDP it must hold the shards, not the root's gathered weights.
-    optimizer = torch.optim.SGD(trainer.trainable_parameters(model), lr=LR)
+    optimizer = torch.optim.SGD(trainable_parameters(model), lr=LR)
     if fsdp:
         check_ranks_stop_sampling_together(model, tokenizer)
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
@@ -102,8 +103,13 @@ def main(out_path: str, aggregation: str, fsdp: bool, lora: bool) -> None:
                                   None, None, cfg)
     weights = ckpt.full_weights(model) if fsdp else model.state_dict()
     if dist.is_main():
-        torch.save({"weights": weights, "grad_norm": stats["grad_norm"]}, out_path)
-    dist.shutdown()
+        torch.save({"weights": weights, "grad_norm": stats.grad_norm}, out_path)
+    shutdown()
+
+
+def shutdown() -> None:
+    if dist.is_distributed():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

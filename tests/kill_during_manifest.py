@@ -1,4 +1,4 @@
-"""`python tests/kill_during_manifest.py STEP KEY=VALUE...`: `python -m grpo.train KEY=VALUE...`, killed by SIGKILL
+"""`python tests/kill_during_manifest.py STEP KEY=VALUE...`: `python -m grpo KEY=VALUE...`, killed by SIGKILL
 halfway through writing checkpoint STEP's manifest, as a power cut would leave it: the manifest torn, the
 checkpoint folder not yet renamed into place."""
 
@@ -23,5 +23,5 @@ def write_half_then_die(folder):
 
 
 checkpoint.write_manifest = write_half_then_die
-sys.argv = ["grpo.train", *sys.argv[2:]]
-runpy.run_module("grpo.train", run_name="__main__", alter_sys=True)
+sys.argv = ["grpo", *sys.argv[2:]]
+runpy.run_module("grpo", run_name="__main__", alter_sys=True)

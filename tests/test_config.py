@@ -45,7 +45,7 @@ def test_custom_reward_names_become_terms_of_reward_weights():
 
 
 def test_missing_tensorboard_is_one_clear_line(monkeypatch, capsys):
-    from grpo.train import main
+    from grpo.cli import main
 
     # None in sys.modules makes the import fail as if the package were not installed.
     monkeypatch.setitem(sys.modules, "tensorboard", None)
@@ -60,7 +60,7 @@ def test_missing_tensorboard_is_one_clear_line(monkeypatch, capsys):
 
 
 def test_help_lists_every_new_option(capsys):
-    from grpo.train import main
+    from grpo.cli import main
 
     assert main(["--help"]) == 0
     listed = capsys.readouterr().out
@@ -81,7 +81,7 @@ def test_help_lists_every_new_option(capsys):
         ("eps_low=-0.1", r"'eps_low' must be >= 0"),
         ("beta=-1", r"'beta' must be >= 0"),
         ("kl_estimator=k4", r"'kl_estimator' must be one of k1, k2, k3"),
-        ("loss_aggregation=mean", r"must be one of sequence, token, dr_grpo"),
+        ("loss_aggregation=mean", r"must be one of seq-mean-token-mean, token-mean, seq-mean-token-sum-norm"),
         ("reward_weights={semantik=1.0}", r"'reward_weights' must use only the terms semantic, language"),
         ("reward_weights={semantic=0}", r"at least one term a non-zero weight"),
         ("tau=1.0", r"'tau' must be in \[0, 1\)"),
@@ -139,3 +139,30 @@ def test_shipped_grpo_presets_load():
     configs = Path(__file__).resolve().parents[1] / "configs"
     for preset in ("mt.toml", "smoke.toml", "mt_qwen3_4b.toml"):
         load_config(GRPOConfig, configs / preset)
+
+
+def test_renamed_keys_and_values_still_load_with_a_note(capsys):
+    cfg = load_config(GRPOConfig, overrides=["adv_eps=0.01", "loss_aggregation=token"])
+    assert cfg.std_offset == 0.01 and cfg.loss_aggregation == "token-mean"
+    err = capsys.readouterr().err
+    assert "adv_eps = 0.01 in the command line is now std_offset = 0.01" in err
+    assert "loss_aggregation = 'token' in the command line is now loss_aggregation = 'token-mean'" in err
+
+
+def test_a_checkpoint_saved_under_the_old_names_resumes_under_the_new_ones():
+    from grpo.config import to_dict
+    from grpo.training_run import check_resume_matches
+
+    cfg = load_config(GRPOConfig)
+    saved = to_dict(cfg)
+    saved["adv_eps"] = saved.pop("std_offset")
+    saved["loss_aggregation"] = "sequence"
+    assert check_resume_matches(cfg, saved, Path("checkpoint")) == []
+
+
+def test_the_config_knows_the_terms_the_reward_factory_builds():
+    # grpo/ does not import rewards/, so config.py lists the reward terms itself: the lists must agree.
+    from grpo.config import REWARD_TERMS
+    from rewards import REWARD_NAMES
+
+    assert set(REWARD_TERMS) == set(REWARD_NAMES) | {"overlong"}  # overlong: the trainer's own term

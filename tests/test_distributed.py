@@ -37,8 +37,8 @@ def two_processes(out, aggregation: str, *flags: str) -> dict:
 
 
 @pytest.mark.parametrize("aggregation, fsdp, lora", [
-    ("token", False, False), ("sequence", False, False), ("dr_grpo", False, False),
-    ("token", True, False), ("sequence", True, False), ("token", True, True),
+    ("token-mean", False, False), ("seq-mean-token-mean", False, False), ("seq-mean-token-sum-norm", False, False),
+    ("token-mean", True, False), ("seq-mean-token-mean", True, False), ("token-mean", True, True),
 ])
 def test_two_gloo_processes_match_one_process(tmp_path, one_process, aggregation, fsdp, lora):
     from dist_worker import MAX_GRAD_NORM
@@ -82,9 +82,9 @@ def test_batch_std_is_the_global_batch_std_under_two_gloo_processes(tmp_path):
 
 
 def train_fsdp(out_dir, *extra: str) -> None:
-    """`torchrun --nproc_per_node 2 -m grpo.train configs/smoke.toml fsdp=true` for 2 steps, a checkpoint after each."""
+    """`torchrun --nproc_per_node 2 -m grpo configs/smoke.toml fsdp=true` for 2 steps, a checkpoint after each."""
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "grpo.train", "configs/smoke.toml", "fsdp=true", f"out_dir={out_dir}", "save_every=1",
+                    "-m", "grpo", "configs/smoke.toml", "fsdp=true", f"out_dir={out_dir}", "save_every=1",
                     "threads=1", *extra], cwd=ROOT, env=env(), check=True, capture_output=True, timeout=300)
 
 
@@ -125,7 +125,8 @@ def test_fsdp_without_torchrun_is_refused(tmp_path):
     from grpo.trainer import train
 
     with pytest.raises(ConfigError, match="torchrun"):
-        train(load_config(GRPOConfig, overrides={"fsdp": True, "out_dir": str(tmp_path / "run")}))
+        train(load_config(GRPOConfig, overrides={"fsdp": True, "out_dir": str(tmp_path / "run")}),
+              reward_fn=lambda prompts, completions, examples: None)  # refused before any reward is asked
 
 
 def train_sft(out_dir, processes: int) -> None:
@@ -170,7 +171,7 @@ def test_dynamic_sampling_and_completion_tables_under_two_processes(tmp_path):
 
     out = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "grpo.train", "configs/smoke.toml", f"out_dir={out}", "threads=1", "dev_limit=2",
+                    "-m", "grpo", "configs/smoke.toml", f"out_dir={out}", "threads=1", "dev_limit=2",
                     "reward_weights={custom=1.0}", "custom_reward=support_rewards:constant_for_even_targets",
                     "filter_zero_std_groups=true", "max_extra_sampling_rounds=6", "log_completions_every=1"],
                    cwd=ROOT, env=env(), check=True, capture_output=True, timeout=300)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from grpo import trainer
+from grpo.cli import build_reward_from_config
 from grpo.dynamic_sampling import ScoredBatch, concat_rollouts, fill_with_informative_groups, group_reward_std
 from grpo.metrics import read_metrics
 from grpo.rollout import Rollout
@@ -100,7 +101,7 @@ def test_concat_rollouts_keeps_log_probs(tiny):
 def custom_run(tmp_path, name, reward, **overrides):
     cfg = tiny_config(tmp_path / name, max_steps=2, reward_weights={"custom": 1.0},
                       custom_reward=f"support_rewards:{reward}", log_completions_every=1, **overrides)
-    trainer.train(cfg)
+    trainer.train(cfg, build_reward_from_config(cfg))
     run = tmp_path / name / "run"
     steps = [row for row in read_metrics(run / "metrics.jsonl") if "reward" in row]
     tables = {step: [json.loads(line) for line in open(run / "completions" / f"step-{step:06d}.jsonl")]

@@ -44,11 +44,11 @@ import torch
 from safetensors.torch import load_file
 
 from grpo import checkpoint as ckpt
-from grpo import run_folder, trainer
-from grpo.config import GRPOConfig, load_config
-from grpo.errors import CheckpointError, ConfigError, DataError, RewardError
+from grpo import run_folder, trainer, training_run
+from grpo.config import GRPOConfig, load_config, to_dict
+from grpo.errors import CheckpointError, ConfigError, DataError
 from grpo.metrics import MetricsLogger, read_metrics
-from grpo.train import main as grpo_main
+from grpo.cli import main as grpo_main
 from rewards.base import RewardOutput
 from test_resume import ROOT, env
 
@@ -71,6 +71,11 @@ def run_cli(capsys, args, entry=grpo_main) -> tuple[int, str, str]:
     code = entry(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def grpo_main_with(reward):
+    """`python -m grpo`'s main, training with `reward` in place of the one the config describes."""
+    return lambda argv: grpo_main(argv, run=lambda cfg: trainer.train(cfg, reward))
 
 
 def error_line(code: int, err: str, *fragments: str) -> str:
@@ -115,7 +120,7 @@ def test_a_utf8_bom_is_not_part_of_the_data_for_grpo_and_sft(tmp_path, tiny):
     for split in ("train", "dev"):
         (data / f"{split}.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode("utf-8"))
     for config_class in (GRPOConfig, SFTConfig):
-        train, dev = trainer.load_task_examples(load_config(config_class, overrides={"data": str(data)}), tokenizer)
+        train, dev = training_run.load_task_examples(load_config(config_class, overrides={"data": str(data)}), tokenizer)
         assert [e["source"] for e in train] == [e["source"] for e in dev] == ["ཀ་ཁ", "ག"]
         assert train[0]["target"] == "甲乙"
     preset = tmp_path / "preset.toml"
@@ -217,10 +222,10 @@ def test_a_safe_change_on_resume_takes_effect_and_is_reported(two_step_run, caps
 def test_every_other_key_refuses_the_resume(key, value):
     # Keys the old resume check ignored: a change to any of them was silently dropped.
     cfg = load_config(GRPOConfig)
-    saved = {**trainer.to_dict(cfg), key: value}
+    saved = {**to_dict(cfg), key: value}
     with pytest.raises(ConfigError, match=f"config differs in {key}: checkpoint {value!r}, now"):
-        trainer.check_resume_matches(cfg, saved, Path("ckpt"))
-    assert trainer.check_resume_matches(cfg, {**trainer.to_dict(cfg), "eval_every": 1, "resume": "x"},
+        training_run.check_resume_matches(cfg, saved, Path("ckpt"))
+    assert training_run.check_resume_matches(cfg, {**to_dict(cfg), "eval_every": 1, "resume": "x"},
                                         Path("ckpt")) == ["eval_every: checkpoint 1, now 10"]
 
 
@@ -264,7 +269,7 @@ def test_alignment_tax_names_a_missing_tuned_folder_before_any_work(tmp_path, ca
 
 
 # ------------------------------------------------------------ entry points
-ENTRY_POINTS = ["grpo.train", "baselines.sft", "eval.alignment_tax", "eval.judge", "eval.reproduce", "grpo.tau",
+ENTRY_POINTS = ["grpo", "grpo.train", "baselines.sft", "eval.alignment_tax", "eval.judge", "eval.reproduce", "grpo.tau",
                 "grpo.models", "bench.grpo_step", "bench.vs_trl", "bench.logprob_memory", "bench.random_model",
                 "data/build_mt.py", "data/build_hg.py", "data/build_general.py"]
 
@@ -509,8 +514,7 @@ def test_a_run_holds_its_lock_while_it_trains(tmp_path, monkeypatch):
             except BlockingIOError:
                 seen.append("held")
 
-    monkeypatch.setattr(trainer, "build_reward_from_config", lambda cfg: Scores(try_the_lock))
-    trainer.train(load_config(GRPOConfig, overrides=grpo_args(out, "max_steps=2")))
+    trainer.train(load_config(GRPOConfig, overrides=grpo_args(out, "max_steps=2")), Scores(try_the_lock))
     assert len(seen) >= 2 and set(seen) == {"held"}  # at every step (and dev evaluation)
     try_the_lock()
     assert seen[-1] == "free", "the lock outlived the run"
@@ -570,14 +574,13 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_
     def interrupt():
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "build_reward_from_config", lambda cfg: Scores(interrupt))
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=3"))
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=3"), grpo_main_with(Scores(interrupt)))
     assert code == 130
     assert err.endswith("\ninterrupted before the first checkpoint: there is nothing to resume. "
                         "Start again with overwrite=true\n"), err
     # ... and it is true:
-    error_line(*run_cli(capsys, grpo_args(out, "max_steps=3", "resume=auto"))[::2],
+    error_line(*run_cli(capsys, grpo_args(out, "max_steps=3", "resume=auto"), grpo_main_with(Scores(interrupt)))[::2],
                "holds a run without a checkpoint to resume from; pass overwrite=true")
 
 
@@ -589,8 +592,7 @@ def test_ctrl_c_after_a_checkpoint_says_where_to_resume_from(tmp_path, capsys, m
         if len(calls) == 3:  # dev evaluation at step 0, step 1 (then its checkpoint), step 2
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "build_reward_from_config", lambda cfg: Scores(interrupt_at_step_2))
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=3", "save_every=1"))
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=3", "save_every=1"), grpo_main_with(Scores(interrupt_at_step_2)))
     assert code == 130
     assert err.endswith(f"\ninterrupted; continue from {out / 'checkpoints' / 'step-000001'} with resume=auto\n"), err

@@ -15,7 +15,7 @@ from support_rewards import nan_for_long_completions, raises_on_long_completions
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "grpo.train", *args], cwd=ROOT, env=env(),
+    return subprocess.run([sys.executable, "-m", "grpo", *args], cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -101,13 +101,12 @@ def test_non_finite_steps_are_skipped_then_stop_the_run_with_a_checkpoint(tmp_pa
     monkeypatch.chdir(ROOT)
     real_loss = trainer.grpo_loss
     monkeypatch.setattr(trainer, "grpo_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("nan"), real_loss(*a, **k)[1]))
-    monkeypatch.setattr(trainer, "build_reward_from_config", lambda cfg: Wrap(lambda p, c, e: np.arange(len(c)) % 2.0))
     cfg = load_config(GRPOConfig, overrides=dict(
         out_dir=str(tmp_path / "run"), model="tiny-random-llama", max_steps=5, prompts_per_step=1, group_size=2,
         max_new_tokens=4, dev_limit=2, eval_every=0, max_prompt_tokens=96, max_skipped_steps=2, beta=0.0))
     before = {k: v.clone() for k, v in trainer.load_model("tiny-random-llama")[0].state_dict().items()}
     with pytest.raises(TooManySkippedSteps):
-        trainer.train(cfg)
+        trainer.train(cfg, Wrap(lambda p, c, e: np.arange(len(c)) % 2.0))
     rows = [r for r in json.loads("[" + ",".join(open(tmp_path / "run" / "metrics.jsonl")) + "]") if "reward" in r]
     assert [r["skipped_updates"] for r in rows] == [1]
     # the last good state (here: the untouched start) is checkpointed

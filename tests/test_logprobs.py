@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from bench.logprob_memory import naive_logprobs
-from grpo.logprobs import auto_chunk_tokens, completion_logprobs, position_ids_from_mask
+from grpo.logprobs import auto_chunk_tokens, completion_logprobs, naive_logprobs, position_ids_from_mask
 
 
 def _batch(vocab: int):

@@ -20,14 +20,24 @@ from grpo.lora import (
     has_lora,
     lora_disabled,
     lora_layers,
-    lora_parameters,
     lora_state_dict,
     load_adapter,
     merge_and_unload,
-    merge_lora,
     save_adapter,
-    unmerge_lora,
 )
+
+from grpo.training_run import trainable_parameters
+
+
+def merge_lora(model) -> None:
+    for _, layer in lora_layers(model):
+        layer.merge()
+
+
+def unmerge_lora(model) -> None:
+    for _, layer in lora_layers(model):
+        layer.unmerge()
+
 
 NUM_LAYERS = 2
 LINEAR_NAMES_PER_LAYER = 7  # q, k, v, o, gate, up, down
@@ -204,7 +214,7 @@ def test_only_lora_parameters_are_trainable_and_receive_gradients():
     expected = {f"{name}.lora_{part}.weight" for name in replaced for part in ("A", "B")}
     assert trainable == expected
     named = dict(model.named_parameters())
-    assert {id(parameter) for parameter in lora_parameters(model)} == {id(named[name]) for name in expected}
+    assert {id(parameter) for parameter in trainable_parameters(model)} == {id(named[name]) for name in expected}
 
     model(input_ids=input_ids()).logits.square().mean().backward()
     for name, parameter in model.named_parameters():
@@ -401,10 +411,10 @@ def test_bfloat16_base_from_load_model_trains_float32_adapters():
         expected = nn.functional.linear(x, layer.base_layer.weight) + update.to(torch.bfloat16)
         assert torch.equal(layer(x), expected)
 
-    optimizer = torch.optim.AdamW(lora_parameters(model), lr=1e-3)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-3)
     loss = model(input_ids=torch.randint(3, 1000, (2, 6))).logits.float().square().mean()  # no autocast needed
     loss.backward()
     optimizer.step()
-    adapters = list(lora_parameters(model))
+    adapters = list(trainable_parameters(model))
     assert adapters and all(p.grad.dtype == torch.float32 for p in adapters)
     assert all(optimizer.state[p]["exp_avg"].dtype == torch.float32 for p in adapters)

@@ -44,17 +44,17 @@ MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
 
 def test_sequence_aggregation_by_hand():
     # (6/3 + 4/1) / 2 = 3
-    assert aggregate(LOSS, MASK, "sequence", Normaliser.of(MASK, 4)).item() == pytest.approx(3.0)
+    assert aggregate(LOSS, MASK, "seq-mean-token-mean", Normaliser.of(MASK, 4)).item() == pytest.approx(3.0)
 
 
 def test_token_aggregation_by_hand():
     # (1 + 2 + 3 + 4) / 4 = 2.5
-    assert aggregate(LOSS, MASK, "token", Normaliser.of(MASK, 4)).item() == pytest.approx(2.5)
+    assert aggregate(LOSS, MASK, "token-mean", Normaliser.of(MASK, 4)).item() == pytest.approx(2.5)
 
 
 def test_dr_grpo_aggregation_by_hand():
     # 10 / (2 sequences * 4 max tokens) = 1.25
-    assert aggregate(LOSS, MASK, "dr_grpo", Normaliser.of(MASK, 4)).item() == pytest.approx(1.25)
+    assert aggregate(LOSS, MASK, "seq-mean-token-sum-norm", Normaliser.of(MASK, 4)).item() == pytest.approx(1.25)
 
 
 def test_sequence_level_ratio_is_the_mean_token_log_ratio():
@@ -106,7 +106,7 @@ def _random_batch(seed: int, rows: int = 8, time: int = 6):
     return logp, old, ref, advantages, mask
 
 
-@pytest.mark.parametrize("aggregation", ["sequence", "token", "dr_grpo"])
+@pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_gradient_accumulation_matches_one_big_batch(aggregation, level):
     logp, old, ref, advantages, mask = _random_batch(seed=1)
@@ -131,12 +131,12 @@ def test_micro_batch_local_normaliser_would_differ():
     # The guard against the known bug: normalising each micro-batch by its own
     # token count does NOT reproduce the full-batch token-mode gradient.
     logp, old, ref, advantages, mask = _random_batch(seed=2)
-    full_loss, _ = grpo_loss(logp, old, ref, advantages, mask, Normaliser.of(mask, 6), aggregation="token")
+    full_loss, _ = grpo_loss(logp, old, ref, advantages, mask, Normaliser.of(mask, 6), aggregation="token-mean")
     (full_grad,) = torch.autograd.grad(full_loss, logp)
     local_grad = torch.zeros_like(logp)
     for rows in (slice(0, 2), slice(2, 8)):
         loss, _ = grpo_loss(logp[rows], old[rows], ref[rows], advantages[rows], mask[rows],
-                            Normaliser.of(mask[rows], 6), aggregation="token")
+                            Normaliser.of(mask[rows], 6), aggregation="token-mean")
         local_grad += torch.autograd.grad(loss, logp)[0] / 2
     assert not torch.allclose(local_grad, full_grad, atol=1e-6)
 
@@ -172,8 +172,8 @@ def test_grpo_loss_applies_delta_only_when_set():
     logp = torch.tensor([[math.log(5.0), math.log(2.0)]])
     mask = torch.ones(1, 2)
     args = (logp, torch.zeros(1, 2), None, torch.tensor([-1.0]), mask, Normaliser.of(mask, 2))
-    plain, plain_stats = grpo_loss(*args, aggregation="token")
-    capped, capped_stats = grpo_loss(*args, aggregation="token", delta=3.0)
+    plain, plain_stats = grpo_loss(*args, aggregation="token-mean")
+    capped, capped_stats = grpo_loss(*args, aggregation="token-mean", delta=3.0)
     assert plain.item() == pytest.approx((5.0 + 2.0) / 2)
     assert capped.item() == pytest.approx((3.0 + 2.0) / 2)
     assert "clip_delta" not in plain_stats and capped_stats["clip_delta"].item() == pytest.approx(0.5)

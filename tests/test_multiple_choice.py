@@ -14,14 +14,13 @@ from eval.multiple_choice import (
     choices,
     evaluate_multiple_choice,
     find_subject_files,
-    first_token_ids,
     interleave_subjects,
     load_split,
-    next_token_logprobs,
     per_character,
     prompt_and_continuation_ids,
     read_subject_csv,
 )
+from eval.next_token import first_token_ids, next_token_logprobs
 from grpo.errors import DataError, ModelError
 
 from data_scripts import load_data_script

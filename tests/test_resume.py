@@ -19,7 +19,7 @@ TIMING_KEYS = ("time", "time/", "tokens_per_second")
 
 
 def run_args(out_dir, *extra):
-    return [sys.executable, "-m", "grpo.train", f"out_dir={out_dir}", "model=tiny-random-llama", "data=data/mt",
+    return [sys.executable, "-m", "grpo", f"out_dir={out_dir}", "model=tiny-random-llama", "data=data/mt",
             "max_steps=6", "save_every=2", "keep_checkpoints=10", "prompts_per_step=2", "group_size=4",
             "max_new_tokens=6", "eval_max_new_tokens=6", "dev_limit=4", "eval_every=3", "max_prompt_tokens=96",
             "lr=1e-2", "beta=0.04", "reward_weights={custom=1.0}",
@@ -71,7 +71,7 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, un
 
 def test_sigkill_while_writing_a_manifest_then_resume_matches_uninterrupted(tmp_path, uninterrupted, monkeypatch):
     from grpo.checkpoint import MANIFEST_FILE, latest_checkpoint, verify_checkpoint
-    from grpo.train import main
+    from grpo.cli import main
 
     interrupted = tmp_path / "interrupted"
     killed = subprocess.run([sys.executable, "tests/kill_during_manifest.py", "4", *run_args(interrupted)[3:]],

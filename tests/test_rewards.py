@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -13,10 +14,8 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from grpo.errors import RewardError
+from rewards.errors import RewardError
 from rewards import (
-    HG_DEFAULT_WEIGHTS,
-    MT_DEFAULT_WEIGHTS,
     REWARD_NAMES,
     ChrfReward,
     EmbeddingCosineReward,
@@ -464,8 +463,15 @@ def test_factory_all_zero_weights_is_an_error():
         build_reward({"semantic": 0.0, "language": 0.0})
 
 
+def preset_reward_weights(preset: str) -> dict[str, float]:
+    """The reward weights a preset in configs/ sets: the one place each task's weights are written."""
+    from grpo.config import read_toml
+
+    return read_toml(Path(__file__).resolve().parents[1] / "configs" / preset)["reward_weights"]
+
+
 def test_factory_mt_defaults_compose_the_paper_reward(use_encoder):
-    reward = build_reward(MT_DEFAULT_WEIGHTS, encoder=use_encoder, tau=0.1)
+    reward = build_reward(preset_reward_weights("mt.toml"), encoder=use_encoder, tau=0.1)
     assert reward.weights == {"semantic": 1.5, "language": 1.0}
     examples = [{"target": WEATHER, "target_lang": "zh"}] * 2
     args = batch([WEATHER_PARAPHRASE, "weather"], examples)
@@ -476,7 +482,7 @@ def test_factory_mt_defaults_compose_the_paper_reward(use_encoder):
 
 
 def test_factory_hg_defaults_include_length_guard():
-    reward = build_reward(HG_DEFAULT_WEIGHTS, encoder=TableEncoder(ANIMALS), length_range=(3, 6))
+    reward = build_reward(preset_reward_weights("hg.toml"), encoder=TableEncoder(ANIMALS), length_range=(3, 6))
     assert reward.weights == {"semantic": 1.5, "language": 1.0, "length": 0.5}
     output = reward(*batch(["feline"], [{"target": "cat", "target_lang": "en"}]))
     # 1.5 * 0.6 + 1.0 * 1 (Latin) + 0.5 * 1 (6 characters)
@@ -518,20 +524,6 @@ def test_repetition_penalty_by_hand():
     assert total.values.tolist() == [pytest.approx(1.0 - 2 / 3), 1.0]
 
 
-# ---------------------------------------------------------------- overlong penalty
-
-
-def test_soft_overlong_penalty_by_hand():
-    from rewards import soft_overlong_penalty
-
-    # L_max = 10, L_buf = 4: free up to 6 tokens, then -1/4 per token, -1 at the cap and beyond.
-    lengths = np.array([3, 6, 7, 8, 10, 11])
-    np.testing.assert_allclose(soft_overlong_penalty(lengths, max_tokens=10, buffer=4),
-                               [0.0, 0.0, -0.25, -0.5, -1.0, -1.0])
-    with pytest.raises(RewardError, match="overlong buffer"):
-        soft_overlong_penalty(lengths, max_tokens=10, buffer=0)
-
-
 # ---------------------------------------------------------------- several custom rewards
 
 
@@ -559,7 +551,7 @@ def test_factory_builds_several_named_custom_rewards(tmp_path, monkeypatch):
 def test_encoder_device_reaches_the_transformers_encoder():
     # The meta device holds no data, but the encoder's weights land there only if the option is passed on.
     from grpo.config import GRPOConfig, load_config
-    from grpo.trainer import build_reward_from_config
+    from grpo.cli import build_reward_from_config
 
     folder = minilm_folder()
     if folder is None:

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from grpo.rollout import completion_mask_after_eos, filter_logits, sample_groups
@@ -82,3 +83,23 @@ def test_sampled_tokens_follow_the_scored_distribution(tiny):
     predicted = logits[:, rollout.prompt_ids.shape[1] - 1 : -1].argmax(-1)
     assert torch.equal(predicted, rollout.completion_ids)
     assert (logprobs <= 0).all()
+
+
+@pytest.mark.parametrize("generation", ["eager", "static"])
+def test_rows_g_times_G_to_g_times_G_plus_G_minus_1_are_prompt_g(tiny, generation):
+    # Every group statistic (advantages, the shared prompt pass, dynamic sampling) reads rows
+    # g*G ... g*G+G-1 as prompt g's completions. Greedy decoding makes each row's completion
+    # that of its prompt alone, so a row holding another prompt, or another prompt's tokens, shows.
+    from grpo.static_rollout import make_sampler
+
+    model, tokenizer = tiny
+    sample = make_sampler(generation)
+    prompts = _prompts(tokenizer)
+    group_size = 3
+    rollout = sample(model, tokenizer, prompts, group_size, 6, temperature=0.0, ignore_eos=True)
+    for prompt_index, prompt in enumerate(prompts):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        alone = sample(model, tokenizer, [prompt], 1, 6, temperature=0.0, ignore_eos=True)
+        for row in range(prompt_index * group_size, (prompt_index + 1) * group_size):
+            assert rollout.prompt_ids[row][rollout.prompt_mask[row].bool()].tolist() == prompt_ids, row
+            assert torch.equal(rollout.completion_ids[row], alone.completion_ids[0]), row

@@ -227,6 +227,7 @@ def test_grpo_from_sft_checkpoint_uses_it_as_reference(tmp_path, lora_r):
     With LoRA the reference is the adapter-disabled network, so the SFT adapter
     must be merged into the base before GRPO's fresh adapter goes on top.
     """
+    from grpo.cli import build_reward_from_config
     from grpo.trainer import train
 
     sft_run = train_sft(sft_config(tmp_path, max_steps=4, lora_r=lora_r, lora_alpha=8.0))
@@ -237,7 +238,7 @@ def test_grpo_from_sft_checkpoint_uses_it_as_reference(tmp_path, lora_r):
         f"lora_r={lora_r}", "lora_alpha=8.0", "beta=0.1", "max_steps=1", "prompts_per_step=2", "group_size=2",
         "max_new_tokens=6", "reward_weights={length=1.0}", "lr=1e-3", "seed=0",
     ])
-    run_dir = train(grpo_cfg)
+    run_dir = train(grpo_cfg, build_reward_from_config(grpo_cfg))
     step_one = [row for row in read_metrics(run_dir / "metrics.jsonl") if row["step"] == 1 and "kl" in row][0]
     assert step_one["kl"] == pytest.approx(0.0, abs=1e-6)
 
@@ -254,3 +255,24 @@ def test_sft_logs_to_tensorboard_through_the_same_logger(tmp_path):
         logged = [(row["step"], row[tag]) for row in rows if tag in row]
         assert [(e.step, e.value) for e in accumulator.Scalars(tag)] == [(s, pytest.approx(v)) for s, v in logged]
     assert [e.step for e in accumulator.Scalars("eval/loss")] == [0, 1, 2]
+
+
+def test_a_checkpoint_with_one_rng_state_for_every_rank_still_resumes(tmp_path):
+    # SFT checkpoints written before GRPO and SFT shared one resume path hold a single RNG state, not a list.
+    import torch
+
+    from grpo import checkpoint as ckpt
+    from grpo.training_run import Checkpointer, ExampleSampler, Run
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    sampler = ExampleSampler(5, seed=0)
+    torch.manual_seed(123)
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "sampler": {"epoch": 1, "index": 2}, "rng": ckpt.rng_state(), "step": 4}
+    expected = torch.rand(3)
+    run = Run(cfg=None, requested=None, rank=0, world_size=1, run_dir=tmp_path, resume_from=None)
+    assert Checkpointer(run, model, None, optimizer, scheduler, sampler).restore(state) == 4
+    assert torch.equal(torch.rand(3), expected)
+    assert sampler.state() == {"epoch": 1, "index": 2}

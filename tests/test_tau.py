@@ -1,4 +1,4 @@
-"""Tests for grpo.tau: the percentile rule by hand, and the whole derivation on the tiny model."""
+"""Tests for tau: the percentile rule (rewards.embedding) by hand, and the whole derivation (grpo.tau) on the tiny model."""
 
 import json
 import math
@@ -9,8 +9,9 @@ import pytest
 
 from baselines.sft import SFTConfig, train_sft
 from grpo.config import GRPOConfig, load_config
-from grpo.errors import UserError
-from grpo.tau import main, percentile_tau
+from grpo.tau import main
+from rewards.embedding import percentile_tau
+from rewards.errors import RewardError
 
 COSINES = [0.5, 0.1, 0.3, 0.9, 0.7]  # sorted: 0.1 0.3 0.5 0.7 0.9
 
@@ -34,11 +35,11 @@ def test_percentile_leaves_out_nan_and_floors_at_zero():
 
 
 def test_percentile_rejects_what_the_reward_cannot_use():
-    with pytest.raises(UserError, match="percentile"):
+    with pytest.raises(RewardError, match="percentile"):
         percentile_tau(np.array(COSINES), 150)
-    with pytest.raises(UserError, match="no room"):
+    with pytest.raises(RewardError, match="no room"):
         percentile_tau(np.array([1.0, 1.0]), 10)
-    with pytest.raises(UserError, match="no finite"):
+    with pytest.raises(RewardError, match="no finite"):
         percentile_tau(np.array([math.nan]), 10)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from grpo import trainer
+from grpo.cli import build_reward_from_config
 from grpo.config import GRPOConfig, load_config
 from grpo.metrics import read_metrics
 from rewards.base import RewardOutput
@@ -54,16 +55,16 @@ def repo_root(monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
 
 
-def use_reward(monkeypatch, make):
-    monkeypatch.setattr(trainer, "build_reward_from_config", make)
+def train_with_configured_reward(cfg):
+    """`trainer.train` with the reward the config describes, as `python -m grpo` builds it."""
+    return trainer.train(cfg, build_reward_from_config(cfg))
 
 
 def test_grpo_raises_a_learnable_reward(tmp_path, monkeypatch, tiny):
     _, tokenizer = tiny
-    use_reward(monkeypatch, lambda cfg: LowHalfShare(tokenizer))
     cfg = tiny_config(tmp_path, max_steps=14, prompts_per_step=4, group_size=8, max_new_tokens=8, lr=2e-2,
-                      beta=0.0, loss_aggregation="token")
-    trainer.train(cfg)
+                      beta=0.0, loss_aggregation="token-mean")
+    trainer.train(cfg, LowHalfShare(tokenizer))
     rewards = [row["reward"] for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in row]
     assert len(rewards) == 14
     assert np.mean(rewards[-4:]) > np.mean(rewards[:4]) + 0.1, rewards
@@ -71,9 +72,8 @@ def test_grpo_raises_a_learnable_reward(tmp_path, monkeypatch, tiny):
 
 def test_every_metric_is_logged_and_first_step_kl_is_zero(tmp_path, monkeypatch, tiny):
     _, tokenizer = tiny
-    use_reward(monkeypatch, lambda cfg: LowHalfShare(tokenizer))
     cfg = tiny_config(tmp_path, eval_every=1)
-    trainer.train(cfg)
+    trainer.train(cfg, LowHalfShare(tokenizer))
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     steps = [row for row in rows if "reward" in row]
     for key in REQUIRED_METRICS + ["rewards/low_half/mean"]:
@@ -88,8 +88,7 @@ def test_every_metric_is_logged_and_first_step_kl_is_zero(tmp_path, monkeypatch,
 
 def test_several_inner_epochs_use_old_logprobs(tmp_path, monkeypatch, tiny):
     _, tokenizer = tiny
-    use_reward(monkeypatch, lambda cfg: LowHalfShare(tokenizer))
-    trainer.train(tiny_config(tmp_path, max_steps=1, mu=3, minibatches=2, lr=1e-2))
+    trainer.train(tiny_config(tmp_path, max_steps=1, mu=3, minibatches=2, lr=1e-2), LowHalfShare(tokenizer))
     (row,) = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in r]
     # 6 updates from one rollout: the later ones see a moved policy
     assert row["kl"] > 0.0
@@ -100,7 +99,7 @@ def test_checkpoint_reloads_as_a_model(tmp_path):
     from grpo.models import load_model
 
     cfg = tiny_config(tmp_path, max_steps=1, lora_r=4, lora_alpha=8.0)
-    run_dir = trainer.train(cfg)
+    run_dir = train_with_configured_reward(cfg)
     folder = run_dir / "checkpoints" / "step-000001"
     assert (folder / "adapter_config.json").exists() and (folder / "adapter_model.safetensors").exists()
     model, _ = load_model(str(folder))
@@ -110,9 +109,9 @@ def test_checkpoint_reloads_as_a_model(tmp_path):
 def test_refuses_to_overwrite_a_run(tmp_path):
     from grpo.errors import ConfigError
 
-    trainer.train(tiny_config(tmp_path, max_steps=1))
+    train_with_configured_reward(tiny_config(tmp_path, max_steps=1))
     with pytest.raises(ConfigError, match="already holds a run"):
-        trainer.train(tiny_config(tmp_path, max_steps=1))
+        train_with_configured_reward(tiny_config(tmp_path, max_steps=1))
 
 
 def test_micro_batches_give_the_same_update_as_one_batch(tiny, tmp_path):
@@ -127,7 +126,7 @@ def test_micro_batches_give_the_same_update_as_one_batch(tiny, tmp_path):
     advantages = torch.randn(8, generator=torch.Generator().manual_seed(1))
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     results = []
-    for aggregation in ("sequence", "token", "dr_grpo"):
+    for aggregation in ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"):
         for micro, share in ((0, False), (4, True), (2, False)):
             model.load_state_dict(initial)
             cfg = tiny_config(tmp_path, micro_batch_size=micro, loss_aggregation=aggregation, beta=0.0,
@@ -189,11 +188,11 @@ def test_smoke_with_tensorboard_and_completion_tables_then_plot(tmp_path):
 def test_two_custom_rewards_normalised_then_summed(tmp_path):
     """Each term is logged, and the advantages are GDPO's, recomputed by hand from the logged terms."""
     weights = {"low_half": 1.0, "ascii": 0.5, "language": 2.0}
-    cfg = tiny_config(tmp_path, max_steps=2, reward_weights=weights, scale_rewards="none", adv_eps=1e-4,
+    cfg = tiny_config(tmp_path, max_steps=2, reward_weights=weights, scale_rewards="none", std_offset=1e-4,
                       custom_rewards={"low_half": "support_rewards:low_half_share",
                                       "ascii": "support_rewards:ascii_share"},
                       reward_normalization="normalize_then_sum", log_completions_every=1)
-    trainer.train(cfg)
+    train_with_configured_reward(cfg)
     run_dir = tmp_path / "run"
     steps = [row for row in read_metrics(run_dir / "metrics.jsonl") if "reward" in row]
     for step_row in steps:
@@ -219,7 +218,7 @@ def test_two_custom_rewards_normalised_then_summed(tmp_path):
 def test_overlong_penalty_is_a_logged_reward_term(tmp_path):
     cfg = tiny_config(tmp_path, max_steps=2, max_new_tokens=6, overlong_buffer=4,
                       reward_weights={"language": 1.0, "overlong": 0.5}, log_completions_every=2)
-    trainer.train(cfg)
+    train_with_configured_reward(cfg)
     run_dir = tmp_path / "run"
     assert not (run_dir / "completions" / "step-000001.jsonl").exists()  # every 2 steps
     table = completion_table(run_dir, 2)
@@ -248,14 +247,14 @@ def test_delta_stops_the_gradient_of_tokens_far_above_the_ratio_cap(tiny, tmp_pa
     for delta in (0.0, 3.0):
         cfg = tiny_config(tmp_path, prompts_per_step=1, beta=0.0, delta=delta, max_grad_norm=0.0, mu=2)
         with torch.no_grad():
-            old_logprobs = trainer.rollout_logprobs(model, rollout, cfg)[0] - 2.0
+            old_logprobs = trainer.rollout_logprobs(model, rollout, cfg).logprobs - 2.0
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # measure the gradient, keep the weights
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
         results[delta] = trainer.policy_update(model, optimizer, scheduler, rollout, rollout.completion_mask,
                                                advantages, old_logprobs, None, cfg)
-    assert min(results[0.0]["grad_norm"]) > 0 and results[0.0]["clip_delta"] == []
-    assert results[3.0]["grad_norm"] == [0.0, 0.0]
-    assert results[3.0]["clip_delta"] == [1.0, 1.0]
+    assert min(results[0.0].grad_norm) > 0 and results[0.0].clip_delta == []
+    assert results[3.0].grad_norm == [0.0, 0.0]
+    assert results[3.0].clip_delta == [1.0, 1.0]
 
 
 def step_metrics(run_dir) -> list[dict]:
@@ -268,13 +267,12 @@ def test_generation_key_selects_the_static_sampler_and_changes_no_step(tmp_path,
     from grpo.static_rollout import StaticSampler
 
     _, tokenizer = tiny
-    use_reward(monkeypatch, lambda cfg: LowHalfShare(tokenizer))
     calls = []
     sample = StaticSampler.__call__
     monkeypatch.setattr(StaticSampler, "__call__", lambda self, *a, **k: calls.append(self) or sample(self, *a, **k))
     runs = {}
     for generation in ("eager", "static"):
-        trainer.train(tiny_config(tmp_path / generation, generation=generation))
+        trainer.train(tiny_config(tmp_path / generation, generation=generation), LowHalfShare(tokenizer))
         runs[generation] = step_metrics(tmp_path / generation / "run")
     assert len(calls) == 2 and calls[0] is calls[1]  # one sampler, kept from step to step
     for eager, static in zip(runs["eager"], runs["static"]):
@@ -284,13 +282,12 @@ def test_generation_key_selects_the_static_sampler_and_changes_no_step(tmp_path,
 
 def test_gradient_checkpointing_run_matches_the_plain_run(tmp_path, monkeypatch, tiny):
     _, tokenizer = tiny
-    use_reward(monkeypatch, lambda cfg: LowHalfShare(tokenizer))
     checkpointed_layers = []
     wrap = trainer.checkpoint_decoder_layers
     monkeypatch.setattr(trainer, "checkpoint_decoder_layers", lambda model: checkpointed_layers.append(wrap(model)))
     runs = {}
     for flag in (False, True):
-        trainer.train(tiny_config(tmp_path / str(flag), gradient_checkpointing=flag))
+        trainer.train(tiny_config(tmp_path / str(flag), gradient_checkpointing=flag), LowHalfShare(tokenizer))
         runs[flag] = step_metrics(tmp_path / str(flag) / "run")
     assert checkpointed_layers == [2]
     for plain, checkpointed in zip(runs[False], runs[True]):
@@ -302,10 +299,9 @@ def test_bf16_lora_recipe_trains_with_static_generation_and_checkpointing(tmp_pa
     # The paper's recipe on the tiny model: bf16 base, fp32 adapters, bf16 autocast, the static sampler
     # with bf16 generation weights, gradient checkpointing.
     _, tokenizer = tiny
-    use_reward(monkeypatch, lambda cfg: LowHalfShare(tokenizer))
     cfg = tiny_config(tmp_path, dtype="bfloat16", lora_r=4, lora_alpha=8.0, mixed_precision="bf16",
                       generation="static", gradient_checkpointing=True)
-    trainer.train(cfg)
+    trainer.train(cfg, LowHalfShare(tokenizer))
     rows = step_metrics(tmp_path / "run")
     assert len(rows) == 2 and all(np.isfinite(row["loss"]) and row["grad_norm"] > 0 for row in rows)
     assert rows[1]["kl"] > 0  # the adapters moved the policy away from the bf16 base
@@ -321,7 +317,7 @@ def row_logprobs(model, rollout, row: int) -> torch.Tensor:
 
 
 def test_one_epoch_of_two_minibatches_weights_the_second_by_the_sampling_policy(tmp_path):
-    """mu = 1, minibatches = 2, against the objective written out by hand (GRPO, sequence aggregation).
+    """mu = 1, minibatches = 2, against the objective written out by hand (GRPO, seq-mean-token-mean aggregation).
 
     The second optimizer step sees a policy the first step moved, so its ratio
     rho = pi_theta1 / pi_theta0 is not 1: tokens outside [1 - eps, 1 + eps] in
@@ -337,7 +333,7 @@ def test_one_epoch_of_two_minibatches_weights_the_second_by_the_sampling_policy(
     rollout = sample_groups(model, tokenizer, prompts, 2, 5, temperature=1.0, generator=torch.Generator().manual_seed(0))
     advantages = torch.tensor([1.0, -1.0, -0.7, 0.7])
     cfg = tiny_config(tmp_path, prompts_per_step=2, group_size=2, minibatches=2, mu=1, beta=0.0, temperature=1.0,
-                      max_new_tokens=5, max_grad_norm=0.0, loss_aggregation="sequence", eps_low=0.2, eps_high=0.2)
+                      max_new_tokens=5, max_grad_norm=0.0, loss_aggregation="seq-mean-token-mean", eps_low=0.2, eps_high=0.2)
     lr = 20.0
     start = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -372,7 +368,7 @@ def test_one_epoch_of_two_minibatches_weights_the_second_by_the_sampling_policy(
                                   old_logprobs, None, cfg)
     for key in by_hand:
         assert torch.allclose(model.state_dict()[key], by_hand[key], atol=1e-5), key
-    assert stats["clip_region"][0] == 0.0 and stats["clip_region"][1] > 0.0
+    assert stats.clip_region[0] == 0.0 and stats.clip_region[1] > 0.0
 
 
 def test_logged_kl_clip_ratios_and_entropy_do_not_depend_on_micro_batch_size(tmp_path):
@@ -419,4 +415,4 @@ def test_logged_kl_clip_ratios_and_entropy_do_not_depend_on_micro_batch_size(tmp
         stats = trainer.policy_update(model, optimizer, scheduler, rollout, mask, advantages, old_logprobs,
                                       ref_logprobs, cfg)
         for key, value in expected.items():
-            assert stats[key] == [pytest.approx(value, rel=1e-5)], (micro, key)
+            assert getattr(stats, key) == [pytest.approx(value, rel=1e-5)], (micro, key)

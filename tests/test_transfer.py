@@ -21,11 +21,11 @@ HEADLINES = [
 @pytest.fixture(scope="module")
 def transfer_setup(tmp_path_factory):
     """A finished one-step MT run on the tiny model (the FROM of the transfer) and a small headline data folder."""
-    from grpo import trainer
+    from grpo.cli import train_grpo
 
     root = tmp_path_factory.mktemp("transfer")
     mt_run = root / "grpo-mt"
-    trainer.train(load_config(GRPOConfig, overrides=dict(
+    train_grpo(load_config(GRPOConfig, overrides=dict(
         out_dir=str(mt_run), model="tiny-random-llama", data=str(ROOT / "data" / "mt"), max_steps=1,
         prompts_per_step=2, group_size=2, max_new_tokens=4, eval_every=0, dev_limit=0, max_prompt_tokens=96,
         reward_weights={"language": 1.0}, lr=1e-2)))
@@ -44,7 +44,7 @@ def make(*args):
 
 def test_make_names_the_run_after_its_source_and_needs_from():
     dry = make("-n", "transfer-hg", "FROM=runs/grpo-mt", "K=1000", "DATA=data/hg")
-    assert ("-m grpo.train configs/hg.toml out_dir=runs/transfer-hg-grpo-mt model=runs/grpo-mt limit=1000"
+    assert ("-m grpo configs/hg.toml out_dir=runs/transfer-hg-grpo-mt model=runs/grpo-mt limit=1000"
             in dry.stdout)
     dry = make("-n", "sft-transfer-hg", "FROM=runs/sft-mt/", "DATA=data/hg")
     assert "-m baselines.sft configs/sft_hg.toml out_dir=runs/sft-transfer-hg-sft-mt" in dry.stdout

@@ -1,0 +1,83 @@
+"""Command line: `python -m grpo [PRESET.toml] [key=value ...]` trains GRPO with the paper's reward.
+
+    python -m grpo configs/mt.toml
+    python -m grpo configs/mt.toml model=gemma3-270m max_steps=50 out_dir=runs/gemma
+    python -m grpo --help        # every key with its default
+
+This is where the engine (`grpo.trainer.train`) and the paper's reward
+(`rewards.build_reward`) are put together: the trainer takes any reward
+object, and this module builds the one the config describes.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+
+from grpo import distributed as dist
+from grpo import run_folder
+from grpo.config import GRPOConfig, describe, load_config
+from grpo.errors import UserError
+from rewards import build_reward
+from rewards.errors import RewardError
+
+USER_ERRORS = (UserError, RewardError)  # printed as one line, without a traceback
+
+
+def build_reward_from_config(cfg: GRPOConfig):
+    """The reward the config's reward keys describe (the weighted sum of `rewards.build_reward`)."""
+    return build_reward(
+        # The overlong penalty reads token lengths, so the trainer adds it (`sample_and_score`).
+        {term: weight for term, weight in cfg.reward_weights.items() if term != "overlong"},
+        encoder=cfg.encoder,
+        pooling=cfg.encoder_pooling,
+        tau=cfg.tau,
+        length_range=(cfg.length_min, cfg.length_max),
+        length_outside=cfg.length_outside,
+        custom=cfg.custom_reward or None,
+        custom_rewards=dict(cfg.custom_rewards),
+        encoder_device=dist.local_device(cfg.encoder_device),
+    )
+
+
+def train_grpo(cfg: GRPOConfig):
+    """GRPO as configured, with the reward the config describes; returns the run folder."""
+    from grpo.trainer import train
+
+    return train(cfg, build_reward_from_config(cfg))
+
+
+def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The optional preset file (first argument without '=') and the key=value overrides."""
+    preset = argv[0] if argv and "=" not in argv[0] else None
+    return preset, argv[1:] if preset else argv
+
+
+def main(argv: list[str] | None = None, config_class=GRPOConfig, run=train_grpo, usage: str | None = None) -> int:
+    """Load the config from the command line and `run` it; a user's mistake is one line on stderr (exit 2)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage or __doc__)
+        print(describe(config_class))
+        return 0
+    cfg = None
+    try:
+        preset, overrides = split_args(argv)
+        cfg = load_config(config_class, preset, overrides)
+        run(cfg)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(run_folder.interrupted_note(cfg.out_dir) if cfg is not None else "interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:
+        # A checkpoint write says so itself (CheckpointError); this is any other write: metrics, eval outputs.
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or cfg is None:
+            raise
+        from grpo.checkpoint import what_is_left
+
+        print(f"error: disk full ({err.strerror}{f': {err.filename}' if err.filename else ''}); "
+              f"{what_is_left(cfg.out_dir)}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,408 @@
+"""What every training loop here shares: a run's processes, folder, data, optimizer, resume and save.
+
+GRPO (`grpo.trainer`) and the SFT baseline (`baselines.sft`) differ in their
+step and nothing else: both go through these functions, so they seed, claim
+their run folder, resume and checkpoint in one way.
+
+    run = start_run(cfg)                          ranks, seeds, run folder, checkpoint to resume from
+    state = load_resume_state(run, model)         its trainer state, checked, and its weights
+    checkpoints = Checkpointer(run, ...)          restores (`restore(state)`) and saves (`save(step)`)
+    logger = begin_logging(run, ...)              config.toml, metrics.jsonl, the progress bar
+    ... the loop ...
+    finish_run(run.run_dir)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grpo import checkpoint as ckpt
+from grpo import distributed as dist
+from grpo import run_folder
+from grpo.config import current_name, save_config, to_dict
+from grpo.data import keep_short_prompts, make_examples, read_jsonl, split_path
+from grpo.errors import CheckpointError, ConfigError, DataError
+from grpo.guards import NonFiniteGuard
+from grpo.metrics import MetricsLogger
+
+
+# --------------------------------------------------------------------------
+# Processes, seeds and the run folder
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    """Where and as what this process trains."""
+
+    cfg: object                 # the config with this rank's device ("cuda:1")
+    requested: object           # the config as given: what config.toml and checkpoints record ("cuda")
+    rank: int
+    world_size: int
+    run_dir: Path
+    resume_from: Path | None    # the verified checkpoint to continue, or None for a new run
+
+
+def start_run(cfg) -> Run:
+    """Threads, process group, seeds and the run folder: the first lines of every training loop.
+
+    torch is seeded alike on every rank, so that the model and its LoRA
+    initialisation are the same everywhere; numpy per rank.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world_size = dist.init(cfg.device)
+    cfg.check_world_size(world_size)
+    requested = cfg
+    if dist.local_device(cfg.device) != cfg.device:
+        cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed + rank)
+    run_dir, resume_from = prepare_run_dir(cfg)
+    return Run(cfg, requested, rank, world_size, run_dir, resume_from)
+
+
+def resume_checkpoint(cfg, run_dir: Path) -> Path | None:
+    """The verified checkpoint `resume` names: the run's newest intact one for "auto", a folder, or None."""
+    if cfg.resume == "auto":
+        return ckpt.newest_intact_checkpoint(run_dir)
+    if not cfg.resume:
+        return None
+    try:
+        if not ckpt.verify_checkpoint(Path(cfg.resume)):
+            print(ckpt.UNVERIFIED_NOTE.format(checkpoint=cfg.resume))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; resume from another checkpoint, or start again with overwrite=true") from None
+    return Path(cfg.resume)
+
+
+def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
+    """Claim the run folder for this run; refuse to clobber a finished or running one unless told.
+
+    Returns the folder and the checkpoint to resume from (or None). Under
+    torchrun rank 0 claims the folder and picks the checkpoint; the other
+    ranks receive its choice.
+    """
+    run_dir = Path(cfg.out_dir)
+    resume_from = _claim_run_dir(cfg, run_dir) if dist.is_main() else None
+    return run_dir, dist.broadcast_from_main(resume_from)
+
+
+def _claim_run_dir(cfg, run_dir: Path) -> Path | None:
+    run_folder.lock(run_dir)
+    resume_from = resume_checkpoint(cfg, run_dir)
+    holds_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    if holds_run and resume_from is None:
+        if cfg.resume == "auto" and not cfg.overwrite:
+            raise ConfigError(f"out_dir '{run_dir}' holds a run without a checkpoint to resume from; "
+                              "pass overwrite=true to start it again")
+        if not cfg.overwrite:
+            raise ConfigError(
+                f"out_dir '{run_dir}' already holds a run. Pass resume=auto to continue it, "
+                f"overwrite=true to replace it, or choose another out_dir."
+            )
+        # Replaced only once the new run has loaded everything it needs (run_folder.start).
+        run_folder.replace_on_start(run_dir)
+    return resume_from
+
+
+def begin_logging(run: Run, total_steps: int, start_step: int, bar_keys: tuple[str, ...]) -> MetricsLogger:
+    """Everything is loaded: take over the run folder, write config.toml and open metrics.jsonl (rank 0 writes).
+
+    A resumed run repeats the steps after its checkpoint: their old metric lines go.
+    """
+    if dist.is_main():
+        run_folder.start(run.run_dir)  # an old run being replaced moves aside only now
+        save_config(run.requested, run.run_dir / "config.toml")
+    return MetricsLogger(run.run_dir, total_steps, bar_keys=bar_keys, enabled=dist.is_main(),
+                         initial_step=start_step, truncate_after=start_step if run.resume_from else None,
+                         report_to=run.cfg.report_to)
+
+
+def finish_run(run_dir: Path) -> None:
+    """Point `<run_dir>/final` at the last checkpoint and say where it is (rank 0)."""
+    if dist.is_main():
+        final = ckpt.link_final(run_dir, ckpt.latest_checkpoint(run_dir))
+        print(f"done: {run_dir}  (final checkpoint: {final} -> {final.resolve().name})")
+
+
+# --------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------
+def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
+    """Train and dev examples of the configured task.
+
+    With `max_prompt_tokens` set, examples with longer prompts are left out
+    (and counted on stdout): truncating a source sentence would change the task.
+    """
+    train_file = split_path(cfg.data, "train")
+    if train_file is None:
+        raise DataError(f"no training data: '{cfg.data}' is neither a JSONL file nor a folder with train.jsonl")
+    common = dict(task=cfg.task, source_lang=cfg.source_lang, target_lang=cfg.target_lang,
+                  data_langs=cfg.data_langs, prompt_format=cfg.prompt_format)
+
+    def load(path, limit):
+        examples = keep_short_prompts(make_examples(read_jsonl(path), tokenizer, **common), tokenizer,
+                                      cfg.max_prompt_tokens, path)
+        if not examples:
+            raise DataError(f"{path}: no examples left (max_prompt_tokens={cfg.max_prompt_tokens})")
+        if 0 < limit < len(examples):
+            # A seeded random subset: files are often sorted (by id, by source), so the first N would be biased.
+            keep = sorted(np.random.default_rng(cfg.seed).choice(len(examples), size=limit, replace=False))
+            examples = [examples[i] for i in keep]
+        return examples
+
+    train = load(train_file, cfg.limit)
+    dev_file = split_path(cfg.data, "dev")
+    dev = load(dev_file, cfg.dev_limit) if dev_file else []
+    return train, dev
+
+
+@dataclass
+class ExampleSampler:
+    """Shuffled passes over the training examples (GRPO's prompts, SFT's pairs); its position is resume state."""
+
+    num_examples: int
+    seed: int
+    epoch: int = 0
+    index: int = 0
+    order: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.order = self._order(self.epoch)
+
+    def _order(self, epoch: int) -> list[int]:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples).tolist()
+
+    def take(self, count: int) -> list[int]:
+        picked = []
+        while len(picked) < count:
+            if self.index == self.num_examples:
+                self.epoch, self.index = self.epoch + 1, 0
+                self.order = self._order(self.epoch)
+            picked.append(self.order[self.index])
+            self.index += 1
+        return picked
+
+    @property
+    def epochs_done(self) -> float:
+        """Passes over the data so far, as a fraction (logged as `epoch`)."""
+        return self.epoch + self.index / self.num_examples
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load(self, state: dict) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self.order = self._order(self.epoch)
+
+
+def write_eval_rows(run_dir: Path, step: int, rows: list[dict]) -> None:
+    """One dev example a line in eval/step-N.jsonl."""
+    out_dir = run_dir / "eval"
+    out_dir.mkdir(exist_ok=True)
+    with open(out_dir / f"step-{step:06d}.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------
+# Optimizer, schedule and one optimizer step
+# --------------------------------------------------------------------------
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(model, cfg):
+    return torch.optim.AdamW(
+        trainable_parameters(model), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+    )
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
+    """LR multiplier: linear warmup to 1 over `warmup_steps`, then cosine down to `min_lr_ratio`.
+
+        f(s) = (s + 1) / warmup                                   for s < warmup
+        f(s) = m + (1 - m) * 0.5 * (1 + cos(pi * (s - warmup) / (total - warmup)))   after
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(cfg):
+    """bfloat16 autocast for forward passes when mixed_precision = "bf16" (weights stay fp32)."""
+    return torch.autocast(device_type=cfg.device.split(":")[0], dtype=torch.bfloat16,
+                          enabled=cfg.mixed_precision == "bf16")
+
+
+def clip_and_step(model, optimizer, scheduler, loss_value: float, max_grad_norm: float,
+                  guard: NonFiniteGuard) -> tuple[float, bool]:
+    """Clip the gradient's global norm, then step; a non-finite step is skipped and counted by `guard`.
+
+    A NaN or inf would poison AdamW's moments for good, so such a step only
+    advances the schedule; too many in a row raise TooManySkippedSteps.
+    Returns (grad norm before clipping, skipped).
+    """
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(
+        trainable_parameters(model), max_grad_norm if max_grad_norm > 0 else float("inf")
+    ))
+    skipped = not guard.is_finite(loss_value, grad_norm)
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    scheduler.step()
+    guard.record(skipped)
+    return grad_norm, skipped
+
+
+# --------------------------------------------------------------------------
+# Resume and save
+# --------------------------------------------------------------------------
+# The one resume rule, for every key of GRPO and SFT: a key in RESUME_MAY_CHANGE may differ from the
+# checkpoint's config, takes effect, and is reported; any other difference refuses the resume.
+# These keys change where, when and how long the run goes on, evaluates, saves and stops, or only how
+# the same gradient is cut into pieces; every other key changes what is trained.
+RESUME_LOCATION_KEYS = frozenset({"out_dir", "overwrite", "resume"})  # where it continues: not reported
+RESUME_MAY_CHANGE = RESUME_LOCATION_KEYS | {
+    "max_steps", "epochs",                                  # run length (the cosine schedule follows the new end)
+    "eval_every", "save_every", "keep_checkpoints",         # cadence
+    "dev_limit", "eval_max_new_tokens",                     # dev evaluation only
+    "max_skipped_steps", "max_reward_failures", "max_unread_target_chars",  # when a failing run stops
+    "threads",                                              # speed
+    "report_to", "log_completions_every",                   # what is logged, not what is trained
+    "micro_batch_size", "grad_accum_steps", "logprob_chunk_tokens", "share_prompt_pass",  # memory: same gradient
+}
+
+
+def check_resume_matches(cfg, saved_config: dict, checkpoint: Path) -> list[str]:
+    """Refuse to continue a checkpoint under a config that changes what it was trained on.
+
+    Prints (rank 0) and returns the allowed changes as "key: checkpoint X, now Y".
+    A key missing from an older checkpoint's config had its default value then;
+    a renamed key or value (config.RENAMED_KEYS, RENAMED_VALUES) is read under its current name.
+    """
+    def default(f):
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+    saved_config = dict(current_name(key, value) for key, value in saved_config.items())
+
+    saved = {f.name: saved_config.get(f.name, default(f)) for f in dataclasses.fields(cfg)}
+    changed = {key: f"{key}: checkpoint {saved[key]!r}, now {getattr(cfg, key)!r}"
+               for key in saved if saved[key] != getattr(cfg, key)}
+    refused = [text for key, text in changed.items() if key not in RESUME_MAY_CHANGE]
+    if refused:
+        allowed = sorted(RESUME_MAY_CHANGE - RESUME_LOCATION_KEYS)
+        raise ConfigError(f"cannot resume from {checkpoint}: the config differs in " + "; ".join(refused)
+                          + f". Only {', '.join(allowed)} may change on resume: use the run's own config.toml "
+                          "with those changes, or start a new run")
+    reported = [text for key, text in changed.items() if key not in RESUME_LOCATION_KEYS]
+    if reported and dist.is_main():
+        print("changed on resume: " + "; ".join(reported))
+    return reported
+
+
+def load_resume_state(run: Run, model) -> dict | None:
+    """The checkpoint's trainer state, checked against this run's config, with its weights loaded into `model`.
+
+    None for a new run. Call it before sharding the model: every rank reads the whole weights.
+    """
+    if run.resume_from is None:
+        return None
+    state = ckpt.load_trainer_state(run.resume_from)
+    check_resume_matches(run.requested, state["config"], run.resume_from)
+    ckpt.load_policy_weights(model, run.resume_from)
+    return state
+
+
+@dataclass
+class Checkpointer:
+    """Restores and saves all a run needs to continue as if never stopped.
+
+    That is the weights, the optimizer's moments, the schedule, the sampler's
+    position and every rank's RNG states (each rank draws its own samples).
+    """
+
+    run: Run
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: ExampleSampler
+    generator: torch.Generator | None = None   # the sampling generator, when the loop draws from its own
+
+    def restore(self, state: dict | None) -> int:
+        """Load `load_resume_state`'s state (None: a new run); returns the step to continue after.
+
+        Each rank takes its own RNG states back. A rank the checkpoint holds none
+        for (a run resumed on more processes than it was saved from) keeps the
+        seeds it was given at start.
+        """
+        if state is None:
+            return 0
+        ckpt.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load(state["sampler"])
+        # Older SFT checkpoints hold one RNG state, shared by every rank.
+        rng_per_rank = state["rng"] if isinstance(state["rng"], list) else [state["rng"]] * self.run.world_size
+        if self.run.rank < len(rng_per_rank):
+            ckpt.set_rng_state(rng_per_rank[self.run.rank], self.generator)
+        return state["step"]
+
+    def save(self, step: int) -> None:
+        """Write checkpoint `step` (rank 0; every rank takes part in gathering its state)."""
+        rng = [None] * self.run.world_size
+        if dist.is_distributed():
+            torch.distributed.all_gather_object(rng, ckpt.rng_state(self.generator))
+        else:
+            rng = [ckpt.rng_state(self.generator)]
+        weights, optimizer_state = ckpt.full_weights(self.model), ckpt.optimizer_state(self.model, self.optimizer)
+        if dist.is_main():
+            state = {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
+                     "sampler": self.sampler.state(), "rng": rng, "config": to_dict(self.run.requested)}
+            ckpt.save_checkpoint(self.run.run_dir, step, self.model, self.tokenizer, state,
+                                 keep=self.run.cfg.keep_checkpoints, weights=weights)
+            run_folder.commit(self.run.run_dir)
+        dist.barrier()
+
+
+def is_due(step: int, every: int, last_step: int) -> bool:
+    """Whether a periodic action (dev evaluation, checkpoint) falls on `step`: every N steps and at the end."""
+    return bool(every and step % every == 0) or step == last_step
+
+
+# --------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------
+class PhaseTimer:
+    """Wall-clock seconds per phase of a step, logged as time/<phase>."""
+
+    def __init__(self):
+        self.elapsed: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        yield
+        self.elapsed[phase] = self.elapsed.get(phase, 0.0) + time.perf_counter() - start
+
+    def seconds(self) -> dict[str, float]:
+        return {f"time/{phase}": round(value, 4) for phase, value in self.elapsed.items()} | {
+            "time/step": round(self.total(), 4)
+        }
+
+    def total(self) -> float:
+        return sum(self.elapsed.values())
