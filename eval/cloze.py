@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from eval.drift import pad_sequences, pad_token_id
 from grpo.data import read_jsonl
 from grpo.errors import DataError
-from grpo.logprobs import completion_hidden_states, head_logits
+from grpo.logprobs import completion_hidden_states, head_logits, lm_head
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -67,8 +67,7 @@ def score_cloze(model, tokenizer, items: list[dict], batch_size: int = DEFAULT_B
     if not items:
         raise DataError("no cloze items given")
     device = next(model.parameters()).device
-    head_weight = model.get_output_embeddings().weight
-    softcap = getattr(model.config, "final_logit_softcapping", None)
+    head_weight, softcap = lm_head(model)
     pad_id = pad_token_id(tokenizer)
     contexts, targets = encode_items(tokenizer, items)
     model.eval()

@@ -33,7 +33,7 @@ from grpo.logprobs import completion_hidden_states, head_logits, lm_head
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_BATCH_SIZE = 8
-DEFAULT_CHUNK_TOKENS = 256
+DRIFT_CHUNK_POSITIONS = 256      # positions per LM-head chunk: two models' [N, V] float32 logits at once, fixed (not sized by bytes)
 
 
 def load_drift_texts(path: str | Path, limit: int = 0) -> list[str]:
@@ -193,7 +193,7 @@ def measure_pairs(
     continuations: list[list[int]],
     pad_id: int,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int = DRIFT_CHUNK_POSITIONS,
     progress: bool = True,
     desc: str = "drift",
     sequence_ids: list[int] | None = None,
@@ -243,7 +243,7 @@ def measure_drift(
     texts: list[str],
     max_tokens: int = DEFAULT_MAX_TOKENS,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int = DRIFT_CHUNK_POSITIONS,
     progress: bool = True,
 ) -> DriftResult:
     """Per-token NLL under both models and the KLs over `texts`, every token after the first scored.
@@ -271,7 +271,7 @@ def pad_token_id(tokenizer) -> int:
 
 
 def measure_task_kl(base_model, tuned_model, tokenizer, prompts: list[str], response_ids: list[list[int]],
-                    batch_size: int = DEFAULT_BATCH_SIZE, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                    batch_size: int = DEFAULT_BATCH_SIZE, chunk_tokens: int = DRIFT_CHUNK_POSITIONS,
                     progress: bool = True) -> DriftResult:
     """Both KLs at every token of the responses (sampled from the base model) given their task prompts.
 

@@ -128,7 +128,7 @@ def grpo_run(task: str, lr: float, steps: int, save_every: int, plan: Plan, out:
     cold = out / (f"cold-start-{task}" + (f"-s{seed}" if seed else ""))
     arm = "grpo-bleu" if reward else "grpo"
     name = f"{arm}-{task}-{lr_tag(lr)}" + (f"-s{seed}" if seed else "")
-    command = ("-m", "grpo.train", str(cold / "grpo.toml"), f"out_dir={out / name}", "overwrite=true", *LORA,
+    command = ("-m", "grpo", str(cold / "grpo.toml"), f"out_dir={out / name}", "overwrite=true", *LORA,
                f"lr={lr}", f"max_steps={steps}", f"save_every={save_every}", "keep_checkpoints=100",
                "eval_every=10", f"seed={seed}", *CONSTANT_LR, *([reward] if reward else []),
                *plan.grpo_args)

@@ -35,7 +35,7 @@ from pathlib import Path
 from eval.cloze import DEFAULT_BATCH_SIZE as CLOZE_BATCH_SIZE
 from eval.cloze import evaluate_cloze
 from eval.cmrc import DEFAULT_MAX_NEW_TOKENS, evaluate_cmrc
-from eval.drift import DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_TOKENS, DriftResult, load_drift_texts, measure_drift
+from eval.drift import DRIFT_CHUNK_POSITIONS, DEFAULT_MAX_TOKENS, DriftResult, load_drift_texts, measure_drift
 from eval.multiple_choice import DEFAULT_SCORING, HEADERS, SCORINGS, SPLITS, evaluate_multiple_choice
 from grpo.config import check, load_config, option, read_toml
 from grpo.errors import ConfigError
@@ -52,7 +52,7 @@ class DriftProbe:
     max_texts: int = option(0, "use the first N texts (0 = all)")
     max_tokens: int = option(DEFAULT_MAX_TOKENS, "each text is cut to this many tokens")
     batch_size: int = option(8, "texts per transformer pass")
-    chunk_tokens: int = option(DEFAULT_CHUNK_TOKENS, "positions per LM-head chunk")
+    chunk_tokens: int = option(DRIFT_CHUNK_POSITIONS, "positions per LM-head chunk")
     optional: bool = option(False, "skip the probe with a note when its data is missing, instead of stopping")
 
     @property
