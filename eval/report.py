@@ -66,6 +66,8 @@ def checkpoint_row(measurement: dict, base: dict, score: str) -> dict:
         "embedding_sim": float(np.mean(measurement["task"]["embedding_sim"])),
         "cloze": 100.0 * float(np.mean(measurement["cloze"]["correct"])),
         "cloze_change": paired_change(measurement, base, "cloze", "correct", scale=100.0),
+        # The smooth companion of accuracy: change of log p(target word | passage), nats per item.
+        "cloze_logprob_change": paired_change(measurement, base, "cloze", "target_logprob"),
         "task_kl_forward": float(np.mean(measurement["task_kl"]["forward"])),
         "task_kl_reverse": float(np.mean(measurement["task_kl"]["reverse"])),
         "drift": measurement["drift"],
@@ -100,15 +102,19 @@ def frontier_comparison(rows: list[dict], points: int = 5) -> dict:
             "mean_grpo_minus_sft": float(np.mean(differences)), "frontiers": frontiers}
 
 
-def forgetting_law(rows: list[dict]) -> dict:
-    """R² of the capability drop against each KL, pooled over both arms (linear and quadratic fits)."""
-    drop = [-r["cloze_change"]["mean"] for r in rows]
+def forgetting_law(rows: list[dict], capability: str = "cloze_change") -> dict:
+    """R² of the capability drop against each KL, pooled over both arms (linear and quadratic fits).
+
+    `capability` is the row's change to explain: "cloze_change" (accuracy points) or
+    "cloze_logprob_change" (the target word's log-likelihood, nats).
+    """
+    drop = [-r[capability]["mean"] for r in rows]
     predictors = {
         "task_kl_forward": [r["task_kl_forward"] for r in rows],     # E_task KL(base || tuned): RL's Razor
         "task_kl_reverse": [r["task_kl_reverse"] for r in rows],     # E_task KL(tuned || base)
         "general_kl": [r["drift"]["kl_mean"] for r in rows],          # KL(tuned || base) on general text
     }
-    law = {"points": len(rows)}
+    law = {"points": len(rows), "capability": capability}
     for name, values in predictors.items():
         law[name] = {"r2_linear": r_squared(values, drop, 1), "r2_quadratic": r_squared(values, drop, 2)}
     return law
@@ -205,7 +211,9 @@ def plot_frontier(rows: list[dict], comparison: dict, task: str, score: str, pat
     plt.close(figure)
 
 
-def plot_forgetting_law(rows_by_task: dict[str, list[dict]], laws: dict[str, dict], path: Path) -> None:
+def plot_forgetting_law(rows_by_task: dict[str, list[dict]], laws: dict[str, dict[str, dict]], path: Path) -> None:
+    """Capability drop (rows: cloze accuracy, cloze log-likelihood) against each KL (columns), every
+    checkpoint a point; `laws[task][capability]` is that task's `forgetting_law` fit."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,20 +221,24 @@ def plot_forgetting_law(rows_by_task: dict[str, list[dict]], laws: dict[str, dic
 
     predictors = [("task_kl_forward", "KL(base ‖ tuned) on task prompts, base samples (nats / response)"),
                   ("general_kl", "KL(tuned ‖ base) on general text (nats / token)")]
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    capabilities = [("cloze_change", "cloze accuracy drop (points)"),
+                    ("cloze_logprob_change", "cloze log-likelihood drop (nats / item)")]
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8.5), squeeze=False)
     markers = {"mt": "o", "hg": "s"}
-    for axis, (key, title) in zip(axes, predictors):
-        for task, rows in rows_by_task.items():
-            for arm in ("sft", "grpo"):
-                arm_rows = [r for r in rows if r["arm"] == arm]
-                x = [r[key] if key != "general_kl" else r["drift"]["kl_mean"] for r in arm_rows]
-                y = [-r["cloze_change"]["mean"] for r in arm_rows]
-                axis.scatter(x, y, color=ARM_COLOURS[arm], marker=markers.get(task, "o"),
-                             label=f"{task} {arm} (R² {laws[task][key]['r2_linear']:.2f})" if arm == "grpo" else
-                             f"{task} {arm}")
-        axis.set_xlabel(title)
-        axis.set_ylabel("capability drop (cloze points)")
-        axis.legend(fontsize=7, title="R²: linear fit, both arms pooled", title_fontsize=7)
+    for row_axes, (capability, y_title) in zip(axes, capabilities):
+        for axis, (key, x_title) in zip(row_axes, predictors):
+            for task, rows in rows_by_task.items():
+                r2 = laws[task][capability][key]["r2_linear"]
+                for arm in ("sft", "grpo"):
+                    arm_rows = [r for r in rows if r["arm"] == arm]
+                    x = [r[key] if key != "general_kl" else r["drift"]["kl_mean"] for r in arm_rows]
+                    y = [-r[capability]["mean"] for r in arm_rows]
+                    axis.scatter(x, y, color=ARM_COLOURS[arm], marker=markers.get(task, "o"),
+                                 label=f"{task} {arm}" + (f" (task's R² {r2:.2f})" if arm == "sft" else ""))
+            axis.axhline(0.0, color="grey", linewidth=0.8)
+            axis.set_xlabel(x_title)
+            axis.set_ylabel(y_title)
+            axis.legend(fontsize=7, title="R²: linear fit, both arms pooled", title_fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -251,9 +263,11 @@ def write_report(results: Path, tasks: list[str], task_score: dict[str, str], ca
         rows_by_task[task] = rows
         comparison = frontier_comparison(rows) if {r["arm"] for r in rows} == {"sft", "grpo"} else {}
         law = forgetting_law(rows) if len(rows) > 3 else {}
+        law_logprob = forgetting_law(rows, "cloze_logprob_change") if len(rows) > 3 else {}
         task_summary = {"score": score, "base_task_score": float(np.mean(base["task"][score])),
                         "base_cloze": bootstrap_mean_ci(100.0 * np.asarray(base["cloze"]["correct"])),
                         "checkpoints": rows, "frontier": comparison, "forgetting_law": law,
+                        "forgetting_law_logprob": law_logprob,
                         "headline": headline(measurements, score), "bleu_ablation": bleu_ablation(measurements)}
         summary["tasks"][task] = task_summary
         if comparison:
@@ -262,25 +276,29 @@ def write_report(results: Path, tasks: list[str], task_score: dict[str, str], ca
                   f"{task_summary['base_cloze'][0]:.1f} [{task_summary['base_cloze'][1]:.1f}, "
                   f"{task_summary['base_cloze'][2]:.1f}])", "",
                   "| checkpoint | arm | task gain [95% CI] | emb. sim | cloze change, points [95% CI] | "
-                  "task KL(base‖tuned) | general KL(tuned‖base) | mean NLL incr. |",
-                  "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |"]
+                  "cloze log p change, nats [95% CI] | task KL(base‖tuned) | general KL(tuned‖base) | "
+                  "mean NLL incr. |",
+                  "| --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |"]
         for r in sorted(rows, key=lambda r: (r["arm"], r["label"])):
             lines.append(f"| {r['label']} | {r['arm']} | {_interval(r['gain'])} | {r['embedding_sim']:.3f} | "
-                         f"{_interval(r['cloze_change'], 1)} | {r['task_kl_forward']:.3f} | "
-                         f"{r['drift']['kl_mean']:.4f} | {r['drift']['nll_increase_mean']:+.3f} |")
+                         f"{_interval(r['cloze_change'], 1)} | {_interval(r['cloze_logprob_change'], 3)} | "
+                         f"{r['task_kl_forward']:.3f} | {r['drift']['kl_mean']:.4f} | "
+                         f"{r['drift']['nll_increase_mean']:+.3f} |")
         if comparison.get("overlap"):
             lines += ["", f"Frontiers at matched gain ({comparison['overlap'][0]:.3f} to {comparison['overlap'][1]:.3f}):"
                       f" GRPO minus SFT in cloze points = {comparison['mean_grpo_minus_sft']:+.2f} on average "
                       f"({', '.join(f'{d:+.1f}' for d in comparison['grpo_minus_sft'])})."]
         elif comparison:
             lines += ["", "The two frontiers' gain ranges do not overlap: no matched-gain comparison."]
-        if law:
-            lines += ["", "Forgetting law (R² of cloze drop, both arms pooled, "
-                      f"{law['points']} checkpoints): " + ", ".join(
-                          f"{name} {fit['r2_linear']:.2f} (quadratic {fit['r2_quadratic']:.2f})"
-                          for name, fit in law.items() if name != "points")]
+        for fit_of, fits in (("cloze accuracy drop", law), ("cloze log-likelihood drop", law_logprob)):
+            if fits:
+                lines += ["", f"Forgetting law (R² of the {fit_of}, both arms pooled, "
+                          f"{fits['points']} checkpoints): " + ", ".join(
+                              f"{name} {fit['r2_linear']:.2f} (quadratic {fit['r2_quadratic']:.2f})"
+                              for name, fit in fits.items() if name not in ("points", "capability"))]
         lines.append("")
-    laws = {task: s["forgetting_law"] for task, s in summary["tasks"].items() if s["forgetting_law"]}
+    laws = {task: {"cloze_change": s["forgetting_law"], "cloze_logprob_change": s["forgetting_law_logprob"]}
+            for task, s in summary["tasks"].items() if s["forgetting_law"]}
     if laws:
         plot_forgetting_law({t: rows_by_task[t] for t in laws}, laws, results / "forgetting_law.png")
     (results / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")

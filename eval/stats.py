@@ -58,8 +58,10 @@ def r_squared(x, y, degree: int = 1) -> float:
         raise ValueError(f"{x.size} points cannot test a degree-{degree} fit")
     if np.ptp(x) == 0:  # one x value: the best fit is the mean of y, which explains nothing
         return 0.0
-    residual = y - np.polyval(np.polyfit(x, y, degree), x)
     total = y - y.mean()
+    if total @ total == 0:  # y does not vary: there is nothing to explain, R² is undefined
+        return float("nan")
+    residual = y - np.polyval(np.polyfit(x, y, degree), x)
     return float(1.0 - (residual @ residual) / (total @ total))
 
 

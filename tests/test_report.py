@@ -9,13 +9,13 @@ from eval.report import (checkpoint_row, forgetting_law, frontier_comparison, he
                          matched_pair, write_report)
 
 
-def measurement(label, chrf, cloze, kl_forward, kl_general=0.1, mmlu=None):
+def measurement(label, chrf, cloze, kl_forward, kl_general=0.1, mmlu=None, target_logprob=-1.0):
     """A measurement whose per-item lists are constant, so every mean and interval is known."""
     data = {
         "label": label,
         "task": {"ids": ["a", "b", "c", "d"], "outputs": ["x"] * 4, "chrf": [chrf] * 4, "rouge_l": [chrf] * 4,
                  "embedding_sim": [chrf] * 4, "language_consistency": [1.0] * 4},
-        "cloze": {"correct": [1.0] * cloze + [0.0] * (10 - cloze), "target_logprob": [-1.0] * 10},
+        "cloze": {"correct": [1.0] * cloze + [0.0] * (10 - cloze), "target_logprob": [target_logprob] * 10},
         "drift": {"kl_mean": kl_general, "kl_p90": 2 * kl_general, "nll_increase_mean": kl_general,
                   "nll_increase_p90": 3 * kl_general},
         "task_kl": {"forward": [kl_forward] * 3, "reverse": [kl_forward / 2] * 3},
@@ -70,6 +70,22 @@ def test_forgetting_law_matches_a_direct_fit():
     assert law["task_kl_forward"]["r2_linear"] == pytest.approx(expected)
     assert law["points"] == 5
     assert law["general_kl"]["r2_linear"] == 0.0   # every checkpoint has general KL 0.1: nothing explained
+
+
+def test_log_likelihood_change_and_its_law_by_hand():
+    checkpoints = [measurement("sft-mt-lr0.0002@10", 0.2, 8, 1.0, target_logprob=-1.5),
+                   measurement("sft-mt-lr0.0002@20", 0.3, 8, 2.0, target_logprob=-2.0),
+                   measurement("grpo-mt-lr0.0001@10", 0.2, 8, 0.5, target_logprob=-1.2),
+                   measurement("grpo-mt-lr0.0001@20", 0.3, 8, 4.0, target_logprob=-0.9)]
+    rows = [checkpoint_row(m, BASE, "chrf") for m in checkpoints]
+    assert rows[0]["cloze_logprob_change"] == {"mean": pytest.approx(-0.5), "low": pytest.approx(-0.5),
+                                               "high": pytest.approx(-0.5)}
+    law = forgetting_law(rows, "cloze_logprob_change")
+    drops, kls = np.array([0.5, 1.0, 0.2, -0.1]), np.array([1.0, 2.0, 0.5, 4.0])
+    fitted = np.polyval(np.polyfit(kls, drops, 1), kls)
+    expected = 1 - ((drops - fitted) ** 2).sum() / ((drops - drops.mean()) ** 2).sum()
+    assert law["capability"] == "cloze_logprob_change"
+    assert law["task_kl_forward"]["r2_linear"] == pytest.approx(expected)
 
 
 def test_headline_means_over_seeds(tmp_path):

@@ -33,6 +33,8 @@ def test_r_squared_by_hand():
     assert r_squared(x, y) == pytest.approx(1 - 1.8 / 5)
     with pytest.raises(ValueError):
         r_squared([1, 2], [1, 2])
+    # Nothing varies in y: R² is undefined, not a number that looks like a fit.
+    assert np.isnan(r_squared([1, 2, 3], [5, 5, 5]))
 
 
 def test_upper_frontier_and_interpolation():
