@@ -87,17 +87,21 @@ def matched_pair(measurements: dict[str, dict], score: str) -> tuple[tuple[str, 
 def frontier_comparison(rows: list[dict], points: int = 5) -> dict:
     """GRPO's frontier minus SFT's in capability change, at matched gains over their common range.
 
-    Each arm's frontier is its Pareto-upper set of (gain, capability change); the comparison
-    is read at `points` evenly spaced gains where both frontiers are defined.
+    Each arm's frontier is its Pareto-upper set of (gain, capability change), held flat down to
+    the arm's smallest gain; the comparison is read at `points` evenly spaced gains where both
+    frontiers are defined.
     """
     frontiers = {arm: upper_frontier([(r["gain"]["mean"], r["cloze_change"]["mean"]) for r in rows if r["arm"] == arm])
                  for arm in ("sft", "grpo")}
-    low = max(frontier[0][0] for frontier in frontiers.values())
+    # Each frontier reaches down to its arm's smallest gain (frontier_at's lowest_x).
+    lowest = {arm: min(r["gain"]["mean"] for r in rows if r["arm"] == arm) for arm in frontiers}
+    low = max(lowest.values())
     high = min(frontier[-1][0] for frontier in frontiers.values())
     if low > high:
         return {"overlap": None, "frontiers": frontiers}
     gains = np.linspace(low, high, points) if high > low else np.array([low])
-    differences = [frontier_at(frontiers["grpo"], g) - frontier_at(frontiers["sft"], g) for g in gains]
+    differences = [frontier_at(frontiers["grpo"], g, lowest["grpo"]) - frontier_at(frontiers["sft"], g, lowest["sft"])
+                   for g in gains]
     return {"overlap": [low, high], "gains": gains.tolist(), "grpo_minus_sft": differences,
             "mean_grpo_minus_sft": float(np.mean(differences)), "frontiers": frontiers}
 

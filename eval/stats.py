@@ -75,9 +75,15 @@ def upper_frontier(points: list[tuple[float, float]]) -> list[tuple[float, float
     return sorted(set(kept))
 
 
-def frontier_at(frontier: list[tuple[float, float]], x: float) -> float | None:
-    """The frontier's y at `x` by linear interpolation between its points; None outside its x range."""
+def frontier_at(frontier: list[tuple[float, float]], x: float, lowest_x: float | None = None) -> float | None:
+    """The frontier's y at `x` by linear interpolation between its points; None outside its x range.
+
+    `lowest_x` (the smallest x of all the arm's points, dominated ones included) extends the
+    range leftwards at the first point's y: a smaller x than that point's is reached with at
+    least its y, since more x costs nothing there.
+    """
     xs = [p[0] for p in frontier]
-    if not frontier or x < xs[0] or x > xs[-1]:
+    start = xs[0] if lowest_x is None else min(lowest_x, xs[0]) if frontier else None
+    if not frontier or x < start or x > xs[-1]:
         return None
-    return float(np.interp(x, xs, [p[1] for p in frontier]))
+    return float(np.interp(x, xs, [p[1] for p in frontier]))   # np.interp holds the end values flat

@@ -53,11 +53,12 @@ def test_frontier_comparison_by_hand():
     rows = [checkpoint_row(m, BASE, "chrf") for m in SWEEP]
     comparison = frontier_comparison(rows, points=2)
     # SFT frontier: (0.1, -10), (0.3, -30). GRPO: (0.05, 0) is dominated by (0.15, 0), leaving
-    # (0.15, 0), (0.25, -10). Overlap 0.15 .. 0.25.
+    # (0.15, 0), (0.25, -10), held at 0 down to GRPO's lowest gain 0.05. Overlap: from SFT's lowest
+    # gain 0.1 to GRPO's highest 0.25.
     assert comparison["frontiers"]["grpo"] == [(pytest.approx(0.15), 0.0), (pytest.approx(0.25), -10.0)]
-    assert comparison["overlap"] == [pytest.approx(0.15), pytest.approx(0.25)]
-    # At 0.15: GRPO 0, SFT -10 + (0.05 / 0.2) * -20 = -15 -> +15. At 0.25: GRPO -10, SFT -25 -> +15.
-    assert comparison["grpo_minus_sft"] == [pytest.approx(15.0), pytest.approx(15.0)]
+    assert comparison["overlap"] == [pytest.approx(0.1), pytest.approx(0.25)]
+    # At 0.1: GRPO 0 (held), SFT -10 -> +10. At 0.25: GRPO -10, SFT -10 + (0.15 / 0.2) * -20 = -25 -> +15.
+    assert comparison["grpo_minus_sft"] == [pytest.approx(10.0), pytest.approx(15.0)]
 
 
 def test_forgetting_law_matches_a_direct_fit():

@@ -43,3 +43,5 @@ def test_upper_frontier_and_interpolation():
     assert frontier == [(0.1, 5.0), (0.2, 4.0), (0.3, 1.0)]   # (0.15, 3) and (0.3, 0.5) are dominated
     assert frontier_at(frontier, 0.25) == pytest.approx(2.5)
     assert frontier_at(frontier, 0.05) is None and frontier_at(frontier, 0.35) is None
+    # Down to the arm's lowest gain the first point's capability is reachable: held flat.
+    assert frontier_at(frontier, 0.05, lowest_x=0.02) == 5.0 and frontier_at(frontier, 0.01, lowest_x=0.02) is None
