@@ -84,14 +84,14 @@ def matched_pair(measurements: dict[str, dict], score: str) -> tuple[tuple[str, 
     return run_and_step(sft["label"]), run_and_step(grpo["label"])
 
 
-def frontier_comparison(rows: list[dict], points: int = 5) -> dict:
+def frontier_comparison(rows: list[dict], points: int = 5, capability: str = "cloze_change") -> dict:
     """GRPO's frontier minus SFT's in capability change, at matched gains over their common range.
 
     Each arm's frontier is its Pareto-upper set of (gain, capability change), held flat down to
     the arm's smallest gain; the comparison is read at `points` evenly spaced gains where both
     frontiers are defined.
     """
-    frontiers = {arm: upper_frontier([(r["gain"]["mean"], r["cloze_change"]["mean"]) for r in rows if r["arm"] == arm])
+    frontiers = {arm: upper_frontier([(r["gain"]["mean"], r[capability]["mean"]) for r in rows if r["arm"] == arm])
                  for arm in ("sft", "grpo")}
     # Each frontier reaches down to its arm's smallest gain (frontier_at's lowest_x).
     lowest = {arm: min(r["gain"]["mean"] for r in rows if r["arm"] == arm) for arm in frontiers}
@@ -181,35 +181,41 @@ def bleu_ablation(measurements: dict[str, dict]) -> dict | None:
 # --------------------------------------------------------------------------
 # Plots and the written summary
 # --------------------------------------------------------------------------
-def plot_frontier(rows: list[dict], comparison: dict, task: str, score: str, path: Path) -> None:
+CAPABILITY_AXES = {"cloze_change": "cloze accuracy change (points)",
+                   "cloze_logprob_change": "cloze log-likelihood change (nats / item)"}
+
+
+def plot_frontier(rows: list[dict], comparisons: dict[str, dict], task: str, score: str, path: Path) -> None:
+    """Capability change against task gain, one panel per capability in `comparisons`, every run a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6.5, 4.8))
-    for arm in ("sft", "grpo"):
-        arm_rows = [r for r in rows if r["arm"] == arm]
-        runs = sorted({run_and_step(r["label"])[0] for r in arm_rows})
-        for index, run in enumerate(runs):
-            run_rows = sorted((r for r in arm_rows if run_and_step(r["label"])[0] == run),
-                              key=lambda r: run_and_step(r["label"])[1])
-            x = [r["gain"]["mean"] for r in run_rows]
-            y = [r["cloze_change"]["mean"] for r in run_rows]
-            xerr = [[r["gain"]["mean"] - r["gain"]["low"] for r in run_rows],
-                    [r["gain"]["high"] - r["gain"]["mean"] for r in run_rows]]
-            yerr = [[r["cloze_change"]["mean"] - r["cloze_change"]["low"] for r in run_rows],
-                    [r["cloze_change"]["high"] - r["cloze_change"]["mean"] for r in run_rows]]
-            axis.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="os^v"[index % 4] + "-", color=ARM_COLOURS[arm],
-                          alpha=0.8, capsize=2, label=run, markersize=5, linewidth=1)
-        frontier = comparison["frontiers"][arm]
-        axis.plot([p[0] for p in frontier], [p[1] for p in frontier], color=ARM_COLOURS[arm], linewidth=3,
-                  alpha=0.35)
-    axis.axhline(0.0, color="grey", linewidth=0.8)
-    axis.set_xlabel(f"task gain over the base ({score}, test split)")
-    axis.set_ylabel("capability change (cloze accuracy, points)")
-    axis.set_title(f"{task.upper()}: capability retained against task gain (95% item-bootstrap bars)")
-    axis.legend(fontsize=7)
+    figure, axes = plt.subplots(1, len(comparisons), figsize=(6.5 * len(comparisons), 4.8), squeeze=False)
+    for axis, (capability, comparison) in zip(axes[0], comparisons.items()):
+        for arm in ("sft", "grpo"):
+            arm_rows = [r for r in rows if r["arm"] == arm]
+            runs = sorted({run_and_step(r["label"])[0] for r in arm_rows})
+            for index, run in enumerate(runs):
+                run_rows = sorted((r for r in arm_rows if run_and_step(r["label"])[0] == run),
+                                  key=lambda r: run_and_step(r["label"])[1])
+                x = [r["gain"]["mean"] for r in run_rows]
+                y = [r[capability]["mean"] for r in run_rows]
+                xerr = [[r["gain"]["mean"] - r["gain"]["low"] for r in run_rows],
+                        [r["gain"]["high"] - r["gain"]["mean"] for r in run_rows]]
+                yerr = [[r[capability]["mean"] - r[capability]["low"] for r in run_rows],
+                        [r[capability]["high"] - r[capability]["mean"] for r in run_rows]]
+                axis.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="os^v"[index % 4] + "-", color=ARM_COLOURS[arm],
+                              alpha=0.8, capsize=2, label=run, markersize=5, linewidth=1)
+            frontier = comparison["frontiers"][arm]
+            axis.plot([p[0] for p in frontier], [p[1] for p in frontier], color=ARM_COLOURS[arm], linewidth=3,
+                      alpha=0.35)
+        axis.axhline(0.0, color="grey", linewidth=0.8)
+        axis.set_xlabel(f"task gain over the base ({score}, test split)")
+        axis.set_ylabel(CAPABILITY_AXES[capability])
+        axis.set_title(f"{task.upper()}: capability against task gain (95% item-bootstrap bars)", fontsize=10)
+        axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -265,17 +271,21 @@ def write_report(results: Path, tasks: list[str], task_score: dict[str, str], ca
         rows = [checkpoint_row(m, base, score) for label, m in measurements.items()
                 if not label.startswith("headline/") and label != "base" and arm_of(label)]
         rows_by_task[task] = rows
-        comparison = frontier_comparison(rows) if {r["arm"] for r in rows} == {"sft", "grpo"} else {}
+        both_arms = {r["arm"] for r in rows} == {"sft", "grpo"}
+        comparison = frontier_comparison(rows) if both_arms else {}
+        comparison_logprob = frontier_comparison(rows, capability="cloze_logprob_change") if both_arms else {}
         law = forgetting_law(rows) if len(rows) > 3 else {}
         law_logprob = forgetting_law(rows, "cloze_logprob_change") if len(rows) > 3 else {}
         task_summary = {"score": score, "base_task_score": float(np.mean(base["task"][score])),
                         "base_cloze": bootstrap_mean_ci(100.0 * np.asarray(base["cloze"]["correct"])),
-                        "checkpoints": rows, "frontier": comparison, "forgetting_law": law,
+                        "checkpoints": rows, "frontier": comparison, "frontier_logprob": comparison_logprob,
+                        "forgetting_law": law,
                         "forgetting_law_logprob": law_logprob,
                         "headline": headline(measurements, score), "bleu_ablation": bleu_ablation(measurements)}
         summary["tasks"][task] = task_summary
         if comparison:
-            plot_frontier(rows, comparison, task, score, results / f"frontier_{task}.png")
+            plot_frontier(rows, {"cloze_change": comparison, "cloze_logprob_change": comparison_logprob}, task, score,
+                          results / f"frontier_{task}.png")
         lines += [f"## {task.upper()} (task score: {score}; base {task_summary['base_task_score']:.3f}; base cloze "
                   f"{task_summary['base_cloze'][0]:.1f} [{task_summary['base_cloze'][1]:.1f}, "
                   f"{task_summary['base_cloze'][2]:.1f}])", "",
@@ -288,12 +298,14 @@ def write_report(results: Path, tasks: list[str], task_score: dict[str, str], ca
                          f"{_interval(r['cloze_change'], 1)} | {_interval(r['cloze_logprob_change'], 3)} | "
                          f"{r['task_kl_forward']:.3f} | {r['drift']['kl_mean']:.4f} | "
                          f"{r['drift']['nll_increase_mean']:+.3f} |")
-        if comparison.get("overlap"):
-            lines += ["", f"Frontiers at matched gain ({comparison['overlap'][0]:.3f} to {comparison['overlap'][1]:.3f}):"
-                      f" GRPO minus SFT in cloze points = {comparison['mean_grpo_minus_sft']:+.2f} on average "
-                      f"({', '.join(f'{d:+.1f}' for d in comparison['grpo_minus_sft'])})."]
-        elif comparison:
-            lines += ["", "The two frontiers' gain ranges do not overlap: no matched-gain comparison."]
+        for unit, digits, compared in (("cloze accuracy points", 1, comparison),
+                                       ("cloze log-likelihood nats", 3, comparison_logprob)):
+            if compared.get("overlap"):
+                lines += ["", f"Frontiers at matched gain ({compared['overlap'][0]:.3f} to {compared['overlap'][1]:.3f}):"
+                          f" GRPO minus SFT in {unit} = {compared['mean_grpo_minus_sft']:+.{digits + 1}f} on average "
+                          f"({', '.join(f'{d:+.{digits}f}' for d in compared['grpo_minus_sft'])})."]
+            elif compared:
+                lines += ["", "The two frontiers' gain ranges do not overlap: no matched-gain comparison."]
         for fit_of, fits in (("cloze accuracy drop", law), ("cloze log-likelihood drop", law_logprob)):
             if fits:
                 lines += ["", f"Forgetting law (R² of the {fit_of}, both arms pooled, "
