@@ -328,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         {"sweep-sft": stages.sweep_sft, "sweep-grpo": stages.sweep_grpo, "eval": stages.eval_task,
          "seeds": stages.seeds}[name](task)
-        stages.record_time(f"stage/{stage}", time.time() - start)
+        # A stage resumed in another session adds to its time; one that found its work done adds nothing.
+        key = f"stage/{stage}"
+        stages.record_time(key, stages.timings.get(key, 0.0) + time.time() - start)
     print(f"done: checkpoints in {out}, results in {results}")
     return 0
 
