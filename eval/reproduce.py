@@ -68,7 +68,7 @@ class Plan:
     seeds: tuple[int, ...] = (1, 2)
     # What one checkpoint's measurement costs is mostly tokens through the model (about 0.27 GFLOP
     # each for SmolLM2-135M): greedy MT test answers (96 of the 183 items, spread over the kinds),
-    # 200 cloze items, 16 drift texts of 128 tokens, 24 task-KL samples, about 2 minutes on 2 cores.
+    # 200 cloze items, 16 drift texts of 128 tokens, 24 task-KL samples: 77 s a model (median) on 2 cores.
     probes: ProbeSizes = field(default_factory=lambda: ProbeSizes(test_limit=96, drift_texts=16,
                                                                   task_kl_prompts=24))
     # MMLU by answer text costs about 5 minutes a model and the base scores at chance on it

@@ -82,8 +82,10 @@ def frontier_at(frontier: list[tuple[float, float]], x: float, lowest_x: float |
     range leftwards at the first point's y: a smaller x than that point's is reached with at
     least its y, since more x costs nothing there.
     """
+    if not frontier:
+        return None
     xs = [p[0] for p in frontier]
-    start = xs[0] if lowest_x is None else min(lowest_x, xs[0]) if frontier else None
-    if not frontier or x < start or x > xs[-1]:
+    start = xs[0] if lowest_x is None else min(lowest_x, xs[0])
+    if x < start or x > xs[-1]:
         return None
     return float(np.interp(x, xs, [p[1] for p in frontier]))   # np.interp holds the end values flat

@@ -45,3 +45,4 @@ def test_upper_frontier_and_interpolation():
     assert frontier_at(frontier, 0.05) is None and frontier_at(frontier, 0.35) is None
     # Down to the arm's lowest gain the first point's capability is reachable: held flat.
     assert frontier_at(frontier, 0.05, lowest_x=0.02) == 5.0 and frontier_at(frontier, 0.01, lowest_x=0.02) is None
+    assert frontier_at([], 0.1) is None and frontier_at([], 0.1, lowest_x=0.0) is None
