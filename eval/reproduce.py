@@ -48,7 +48,6 @@ PRESETS = {
 # The score a task's gain is measured in: chrF for short translations (sentence BLEU of a
 # 4-character term is mostly 0), ROUGE-L for headlines (the paper's HG metric).
 TASK_SCORE = {"mt": "chrf", "hg": "rouge_l"}
-CAPABILITY = "cloze"           # the general skill on the frontiers' y axis
 LORA = ["lora_r=64", "lora_alpha=128.0", "lora_dropout=0.05"]
 CONSTANT_LR = ["min_lr_ratio=1.0"]
 
@@ -293,7 +292,7 @@ class Stages:
         from eval.report import write_report
         from grpo.plot import plot_runs
 
-        write_report(self.results, tasks, TASK_SCORE, CAPABILITY)
+        write_report(self.results, tasks, TASK_SCORE)
         for task in tasks:  # training curves of the sweep runs still on disk
             runs = [self.out / run.name for arm in sweep_runs(task, self.plan, self.out).values() for run in arm
                     if (self.out / run.name / "metrics.jsonl").exists()]

@@ -116,3 +116,25 @@ def test_write_report_reads_the_files_and_plots(tmp_path):
     assert (tmp_path / "frontier_mt.png").stat().st_size > 0
     assert (tmp_path / "forgetting_law.png").stat().st_size > 0
     assert "sft-mt-lr0.0002@20" in (tmp_path / "summary.md").read_text(encoding="utf-8")
+
+
+def test_write_report_pools_the_law_over_two_tasks(tmp_path):
+    # The HG sweep: SFT drops 0 and 40 points at forward KL 2 and 4; GRPO drops 10 at KL 0.5
+    # and 20 at KL 1. Pooled with MT's five checkpoints, the fit is over nine points.
+    hg = [measurement("base", 0.1, 8, 0.0, 0.0),
+          measurement("sft-hg-lr0.0002@16", 0.2, 8, 2.0), measurement("sft-hg-lr0.0002@32", 0.3, 4, 4.0),
+          measurement("grpo-hg-lr0.0001@8", 0.2, 7, 0.5), measurement("grpo-hg-lr0.0001@16", 0.3, 6, 1.0)]
+    for task, ms in (("mt", [BASE, *SWEEP]), ("hg", hg)):
+        folder = tmp_path / "measurements" / task
+        folder.mkdir(parents=True)
+        for m in ms:
+            (folder / f"{m['label']}.json").write_text(json.dumps(m))
+    summary = write_report(tmp_path, ["mt", "hg"], {"mt": "chrf", "hg": "rouge_l"})
+    drops = np.array([10, 30, 0, 0, 10, 0, 40, 10, 20.0])
+    kls = np.array([1, 3, 0.5, 0.6, 1.2, 2, 4, 0.5, 1.0])
+    fitted = np.polyval(np.polyfit(kls, drops, 1), kls)
+    expected = 1 - ((drops - fitted) ** 2).sum() / ((drops - drops.mean()) ** 2).sum()
+    pooled = summary["forgetting_law_pooled"]["cloze_change"]
+    assert pooled["points"] == 9
+    assert pooled["task_kl_forward"]["r2_linear"] == pytest.approx(expected)
+    assert "mt and hg pooled" in (tmp_path / "summary.md").read_text(encoding="utf-8")
