@@ -10,14 +10,17 @@
 #   gemma_gc_off, gemma_gc_on   the same for Gemma-3-270M (262k vocabulary), T=64
 #   step_static     bench.grpo_step generation=static: the static sampler inside the whole step
 #   gen_bf16, gen_bf16_cast     bench.generation under bf16 autocast, with and without bf16 generation weights
+#   gen_bf16_static_on/off      the static sampler alone under bf16, 10 rollouts each, with and without them
+#   gen_fp32_p64    eager vs static with prompts of 64 tokens, which fill their bucket exactly (no padding)
 #
 #   bash bench/cpu_generation.sh OUT_DIR [PART ...]
 #
 # With PART names only those parts run. Each part's results go to
 # OUT_DIR/PART.json (the benchmark's --out file, or the last JSON line it
 # printed), its output to OUT_DIR/PART.log, and OUT_DIR/parts.txt
-# records each part's exit status and wall time. A part whose JSON exists is
-# skipped, so an interrupted run continues with the same command.
+# records each part's exit status and wall time. A part that parts.txt records
+# as finished (exit 0) is skipped, so an interrupted run continues with the
+# same command.
 set -uo pipefail
 out=${1:?usage: bench/cpu_generation.sh OUT_DIR [PART ...]}
 shift
@@ -29,9 +32,12 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 part() {
     local name=$1
     shift
-    if [[ "$wanted" != "  " && "$wanted" != *" $name "* ]] || [ -s "$out/$name.json" ]; then
+    # A part counts as done once parts.txt records its clean exit: a benchmark
+    # writes its JSON round by round, so an interrupted part leaves a partial one.
+    if [[ "$wanted" != "  " && "$wanted" != *" $name "* ]] || grep -q "^$name: exit 0 " "$out/parts.txt" 2>/dev/null; then
         return
     fi
+    rm -f "$out/$name.json"
     local began=$SECONDS
     "$@" >"$out/$name.log" 2>&1
     local status=$?
@@ -55,3 +61,6 @@ part gemma_gc_on "$py" -m bench.grpo_step model=gemma3-270m max_new_tokens=64 st
 part step_static "$py" -m bench.grpo_step generation=static
 part gen_bf16 "$py" -m bench.generation mixed_precision=bf16 --out "$out/gen_bf16.json"
 part gen_bf16_cast "$py" -m bench.generation mixed_precision=bf16 --modes static,compiled --generation-weights off --out "$out/gen_bf16_cast.json"
+part gen_bf16_static_on "$py" -m bench.generation mixed_precision=bf16 --modes static --rollouts 10 --out "$out/gen_bf16_static_on.json"
+part gen_bf16_static_off "$py" -m bench.generation mixed_precision=bf16 --modes static --rollouts 10 --generation-weights off --out "$out/gen_bf16_static_off.json"
+part gen_fp32_p64 "$py" -m bench.generation prompt_tokens=64 --modes eager,static --out "$out/gen_fp32_p64.json"
