@@ -12,6 +12,7 @@
 #   gen_bf16, gen_bf16_cast     bench.generation under bf16 autocast, with and without bf16 generation weights
 #   gen_bf16_static_on/off      the static sampler alone under bf16, 10 rollouts each, with and without them
 #   gen_fp32_p64    eager vs static with prompts of 64 tokens, which fill their bucket exactly (no padding)
+#   gemma_pass_gc_off, gemma_pass_gc_on   one Gemma-3-270M update pass alone (bench.logprob_memory), without and with it
 #
 #   bash bench/cpu_generation.sh OUT_DIR [PART ...]
 #
@@ -64,3 +65,5 @@ part gen_bf16_cast "$py" -m bench.generation mixed_precision=bf16 --modes static
 part gen_bf16_static_on "$py" -m bench.generation mixed_precision=bf16 --modes static --rollouts 10 --out "$out/gen_bf16_static_on.json"
 part gen_bf16_static_off "$py" -m bench.generation mixed_precision=bf16 --modes static --rollouts 10 --generation-weights off --out "$out/gen_bf16_static_off.json"
 part gen_fp32_p64 "$py" -m bench.generation prompt_tokens=64 --modes eager,static --out "$out/gen_fp32_p64.json"
+part gemma_pass_gc_off "$py" -m bench.logprob_memory --variant chunked
+part gemma_pass_gc_on "$py" -m bench.logprob_memory --variant chunked --gradient-checkpointing
