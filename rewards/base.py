@@ -77,6 +77,22 @@ def example_field(example: dict, key: str, reward_name: str) -> Any:
     return example[key]
 
 
+def example_references(example: dict, reward_name: str) -> list[str]:
+    """The reference translations of an example: `example["targets"]` when the data gives
+    several, else `[example["target"]]`.
+
+    A source can have several correct translations (Tatoeba gives up to a
+    dozen); a reward that knew only one would punish the others.
+    """
+    given = example.get("targets")
+    if given is None:
+        return [str(example_field(example, "target", reward_name))]
+    if isinstance(given, str) or not given or not all(isinstance(t, str) and t.strip() for t in given):
+        raise RewardError(f"reward {reward_name!r}: example['targets'] must be a non-empty list of non-empty "
+                          f"strings, got {given!r}")
+    return list(given)
+
+
 class WeightedSum:
     """A reward that is the weighted sum of other rewards.
 

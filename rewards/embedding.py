@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rewards.errors import RewardError
-from rewards.base import RewardOutput, check_batch, example_field
+from rewards.base import RewardOutput, check_batch, example_references
 
 logger = logging.getLogger(__name__)
 
@@ -303,10 +303,15 @@ def build_encoder(spec: str, pooling: str = "mean", device: str = "cpu") -> Enco
 
 
 class EmbeddingCosineReward:
-    """R_sim: thresholded cosine between completion and reference embeddings.
+    """R_sim: thresholded cosine between the completion's embedding and its nearest reference's.
 
-    values[i] = threshold_rescale(e(completion_i) . e(target_i), tau)   [N]
-    components: "<name>/cosine" (the raw cosine) and "<name>" (the value).
+    values[i] = threshold_rescale(max_r e(completion_i) . e(target_{i,r}), tau)   [N]
+    components: "<name>/cosine" (the raw best cosine) and "<name>" (the value).
+
+    The references of an example are `example["targets"]` when the data gives
+    several, else its one `target` (`rewards.base.example_references`): a
+    correct translation that differs from the first reference should not be
+    scored as if it were wrong.
 
     Both embeddings are unit vectors, so the cosine is their dot product.
     An empty (or all-whitespace) completion gets cosine 0 without being
@@ -341,16 +346,26 @@ class EmbeddingCosineReward:
         self, prompts: list[str], completions: list[str], examples: list[dict]
     ) -> RewardOutput:
         n = check_batch(prompts, completions, examples)
-        targets = [str(example_field(example, "target", self.name)) for example in examples]
-        target_vectors = self._embed_targets(targets)
+        if n == 0:
+            return RewardOutput(values=np.zeros(0), components={f"{self.name}/cosine": np.zeros(0), self.name: np.zeros(0)})
+        references = [example_references(example, self.name) for example in examples]
+        # All references in one flat list; owner[r] is the completion reference r belongs to.
+        reference_vectors = self._embed_targets([text for refs in references for text in refs])   # [R, d]
+        owner = np.repeat(np.arange(n), [len(refs) for refs in references])                       # [R]
 
         cosine = np.zeros(n, dtype=np.float64)
-        spoken = [i for i, completion in enumerate(completions) if completion.strip()]
-        if spoken:
-            completion_vectors = self.encoder.encode([completions[i] for i in spoken])
-            dots = np.einsum("nd,nd->n", completion_vectors, target_vectors[spoken])
+        spoken = np.array([bool(completion.strip()) for completion in completions], dtype=bool)
+        if spoken.any():
+            # Each distinct text is encoded once: siblings of a group often repeat each other.
+            distinct = list(dict.fromkeys(c for c, s in zip(completions, spoken) if s))
+            distinct_vectors = dict(zip(distinct, self.encoder.encode(distinct)))
+            completion_vectors = np.zeros((n, reference_vectors.shape[1]), dtype=np.float32)
+            completion_vectors[spoken] = np.stack([distinct_vectors[c] for c, s in zip(completions, spoken) if s])
+            dots = np.einsum("rd,rd->r", completion_vectors[owner], reference_vectors)              # [R]
+            best = np.full(n, -np.inf)
+            np.maximum.at(best, owner, dots)
             # Unit vectors can overshoot |cos| = 1 by float rounding.
-            cosine[spoken] = np.clip(dots, -1.0, 1.0)
+            cosine[spoken] = np.clip(best[spoken], -1.0, 1.0)
         values = threshold_rescale(cosine, self.tau)
         components = {f"{self.name}/cosine": cosine, self.name: values}
         return RewardOutput(values=values, components=components)

@@ -10,7 +10,7 @@ import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
 from rewards.errors import RewardError
-from rewards.base import RewardOutput, check_batch, example_field
+from rewards.base import RewardOutput, check_batch, example_field, example_references
 from rewards.language import primary_language
 
 # sacrebleu tokenizer for each target language. Chinese has sacrebleu's own
@@ -35,9 +35,12 @@ def percent_to_unit(score: float) -> float:
 
 
 class SentenceBleuReward:
-    """Sentence-level BLEU-4 against example["target"], on [0, 1].
+    """Sentence-level BLEU-4 against the example's references, on [0, 1].
 
-    values[i] = BLEU(completion_i, [target_i]) / 100   [N]
+    values[i] = BLEU(completion_i, references_i) / 100   [N]
+    With several references (`example["targets"]`) this is multi-reference
+    BLEU: each n-gram's count is clipped by its largest count in any one
+    reference, and the brevity penalty takes the reference closest in length.
     effective_order=True so that a short sentence without 4-gram matches is
     scored on the orders it has instead of collapsing to 0.
     """
@@ -63,18 +66,29 @@ class SentenceBleuReward:
         check_batch(prompts, completions, examples)
         scores = []
         for completion, example in zip(completions, examples):
-            target = str(example_field(example, "target", self.name))
             target_lang = str(example_field(example, "target_lang", self.name))
             metric = self._metric(bleu_tokenizer_for(target_lang, self.tokenizers))
-            scores.append(percent_to_unit(metric.sentence_score(completion, [target]).score))
+            references = example_references(example, self.name)
+            scores.append(percent_to_unit(metric.sentence_score(completion, references).score))
         values = np.array(scores, dtype=np.float64)
         return RewardOutput(values=values, components={self.name: values})
 
 
-class ChrfReward:
-    """Sentence-level chrF (character 6-grams, beta 2) against example["target"], on [0, 1].
+def best_chrf(metric: CHRF, completion: str, references: list[str]) -> float:
+    """chrF of `completion` against its best-matching reference, on [0, 1].
 
-    values[i] = chrF(completion_i, [target_i]) / 100   [N]
+        chrF(c, {r_1 .. r_k}) = max_j chrF(c, r_j)
+
+    sacrebleu's chrF with several references keeps the statistics of the
+    reference with the highest F-score, which is this maximum.
+    """
+    return percent_to_unit(metric.sentence_score(completion, references).score)
+
+
+class ChrfReward:
+    """Sentence-level chrF (character 6-grams, beta 2) against the best of the example's references, on [0, 1].
+
+    values[i] = max_r chrF(completion_i, target_{i,r}) / 100   [N]
     chrF works on characters, so it needs no tokenizer for any language.
     """
 
@@ -87,14 +101,8 @@ class ChrfReward:
     ) -> RewardOutput:
         check_batch(prompts, completions, examples)
         values = np.array(
-            [
-                percent_to_unit(
-                    self._metric.sentence_score(
-                        completion, [str(example_field(example, "target", self.name))]
-                    ).score
-                )
-                for completion, example in zip(completions, examples)
-            ],
+            [best_chrf(self._metric, completion, example_references(example, self.name))
+             for completion, example in zip(completions, examples)],
             dtype=np.float64,
         )
         return RewardOutput(values=values, components={self.name: values})

@@ -239,8 +239,8 @@ def test_reference_embeddings_are_encoded_once():
     first = reward(*batch(completions, examples))
     second = reward(*batch(completions, examples))
     encoded_targets = [t for t in encoder.encoded_texts if t in ("cat", "dog")]
-    # "cat" and "dog" are also completions; completions are encoded on every call
-    completions_encoded = 2 * (completions.count("cat") + completions.count("dog"))
+    # "cat" and "dog" are also completions; each distinct completion is encoded once on every call
+    completions_encoded = 2 * len({"cat", "dog"} & set(completions))
     assert len(encoded_targets) == completions_encoded + 2
     np.testing.assert_allclose(first.values, second.values)
     np.testing.assert_allclose(first.values, [0.6, 0.0, 1.0, 1.0, 0.0, 0.8], atol=1e-6)
@@ -561,3 +561,29 @@ def test_encoder_device_reaches_the_transformers_encoder():
     ((_, semantic),) = build_reward_from_config(cfg).terms
     assert semantic.encoder.device == "meta"
     assert {p.device.type for p in semantic.encoder.model.parameters()} == {"meta"}
+
+
+def test_semantic_reward_takes_the_nearest_of_several_references():
+    # cosines by construction: feline.cat = 0.6, feline.dog = 0.8; cat.cat = 1, cat.dog = 0
+    reward = EmbeddingCosineReward(TableEncoder(ANIMALS), tau=0.5)
+    examples = [{"target": "cat", "targets": ["cat", "dog"]}] * 2 + [{"target": "cat"}]
+    output = reward(*batch(["feline", "cat", "feline"], examples))
+    np.testing.assert_allclose(output.components["semantic/cosine"], [0.8, 1.0, 0.6], atol=1e-6)
+    # (s - tau) / (1 - tau) with tau = 0.5
+    np.testing.assert_allclose(output.values, [0.6, 1.0, 0.2], atol=1e-6)
+
+
+def test_semantic_reward_refuses_a_malformed_reference_list():
+    reward = EmbeddingCosineReward(TableEncoder(ANIMALS))
+    with pytest.raises(RewardError, match="targets"):
+        reward(*batch(["cat"], [{"target": "cat", "targets": []}]))
+
+
+def test_chrf_reward_takes_the_best_reference():
+    from rewards.lexical import ChrfReward
+
+    single = ChrfReward()(*batch(["我们走吧"], [{"target": "我们走吧"}])).values[0]
+    wrong_only = ChrfReward()(*batch(["我们走吧"], [{"target": "他来了"}])).values[0]
+    both = ChrfReward()(*batch(["我们走吧"], [{"target": "他来了", "targets": ["他来了", "我们走吧"]}])).values[0]
+    assert single == pytest.approx(1.0) and wrong_only == pytest.approx(0.0)
+    assert both == pytest.approx(1.0)
