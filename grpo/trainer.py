@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval.hacking import hacking_warning, length_ratios, output_statistics
 from grpo import distributed as dist
 from grpo import lora
 from grpo import run_folder
@@ -57,6 +58,7 @@ from grpo.training_run import (
     warmup_cosine,
     write_eval_rows,
 )
+from rewards.base import example_references
 
 
 # --------------------------------------------------------------------------
@@ -385,25 +387,40 @@ def log_completions(logger: MetricsLogger, rows: list[dict], group_size: int, st
 # Step 8: dev evaluation
 # --------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model, tokenizer, reward_fn, examples, cfg, run_dir: Path, step: int, batch_size: int = 16) -> dict:
-    """Greedy outputs on dev examples, their rewards, and the outputs saved to eval/step-N.jsonl.
+def evaluate(run: GRPORun, step: int, batch_size: int = 16) -> dict:
+    """Greedy outputs on the dev examples, their rewards and hacking statistics; the outputs go to eval/step-N.jsonl.
 
+    Besides the reward it logs what tells translating from reward hacking
+    (`eval.hacking`): distinct outputs, the most frequent output's share, the
+    share in the target script, the length ratio to the references, chrF and
+    BLEU; and it prints a one-line warning when the outputs look like a hedge.
     Rank 0's work; a sharded model's other ranks join in its generation (each
     forward is a collective) and return {}.
     """
+    cfg, examples = run.cfg, run.dev_examples
     with autocast(cfg):
-        completions = greedy_completions(model, tokenizer, [e["prompt"] for e in examples], cfg.eval_max_new_tokens,
-                                         batch_size)
+        completions = greedy_completions(run.model, run.tokenizer, [e["prompt"] for e in examples],
+                                         cfg.eval_max_new_tokens, batch_size)
     if not dist.is_main():
         return {}
-    values, components, errors = score_with_fallback(reward_fn, [e["prompt"] for e in examples], completions, examples)
+    values, components, errors = score_with_fallback(run.reward_fn, [e["prompt"] for e in examples], completions,
+                                                     examples)
     check_reward_failures(errors, completions, examples, cfg.max_reward_failures)
-    write_eval_rows(run_dir, step, [{"id": example["id"], "source": example["source"], "target": example["target"],
-                                     "output": completion, "reward": float(values[i])}
-                                    for i, (example, completion) in enumerate(zip(examples, completions))])
-    lengths = [len(c) for c in completions]
+    references = [example_references(e, "dev evaluation") for e in examples]
+    ratios = length_ratios(completions, references)
+    write_eval_rows(run.place.run_dir, step, [
+        {"id": example["id"], "source": example["source"], "target": example["target"],
+         "targets": references[i], "output": completion, "reward": float(values[i]),
+         **{f"reward/{name}": float(component[i]) for name, component in components.items()},
+         "length_ratio": ratios[i]}
+        for i, (example, completion) in enumerate(zip(examples, completions))])
+    stats = output_statistics(completions, references, cfg.target_lang)
+    warning = hacking_warning(stats, completions)
+    if warning:
+        run.logger.message(f"step {step}: {warning}")
     return {**summarise_rewards(values, components, prefix="eval/"),
-            "eval/mean_chars": float(np.mean(lengths))}
+            **{f"eval/{name}": value for name, value in stats.items()},
+            "eval/mean_chars": float(np.mean([len(c) for c in completions]))}
 
 
 # --------------------------------------------------------------------------
@@ -491,8 +508,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable) -> Path:
     run = set_up(cfg, reward_fn)
     cfg, model, logger = run.cfg, run.model, run.logger
     if run.dev_examples and run.start_step == 0 and run.evaluates_here:
-        logger.log(0, evaluate(model, run.tokenizer, run.reward_fn, run.dev_examples, cfg, run.place.run_dir, 0),
-                   advance=False)
+        logger.log(0, evaluate(run, 0), advance=False)
 
     for step in range(run.start_step + 1, cfg.max_steps + 1):
         timer = PhaseTimer()
@@ -542,8 +558,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable) -> Path:
 
         # 8. Dev evaluation (rank 0; the others wait at the next barrier, or join in a sharded model's generation).
         if run.dev_examples and is_due(step, cfg.eval_every, cfg.max_steps) and run.evaluates_here:
-            logger.log(step, evaluate(model, run.tokenizer, run.reward_fn, run.dev_examples, cfg, run.place.run_dir,
-                                      step), advance=False)
+            logger.log(step, evaluate(run, step), advance=False)
 
         # 9. Checkpoint.
         if is_due(step, cfg.save_every, cfg.max_steps):
