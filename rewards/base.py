@@ -94,14 +94,24 @@ def example_references(example: dict, reward_name: str) -> list[str]:
 
 
 class WeightedSum:
-    """A reward that is the weighted sum of other rewards.
+    """A reward that is the weighted sum of other rewards, optionally gated by one of them.
 
-    values[i] = sum_k w_k * r_k[i]            (all [N]; NaN in any term gives NaN)
+    values[i] = sum_k w_k * r_k[i]                              (all [N]; NaN in any term gives NaN)
+
+    With `gate` naming a term g whose values are 0 or 1 (the language check),
+    the other terms count only where the gate is open:
+
+    values[i] = g[i] * sum_{k != g} w_k * r_k[i]  +  w_g * g[i]
+
+    An additive language bonus can be outweighed: an untranslated copy of the
+    source keeps most of a cross-lingual encoder's similarity. Gated, it
+    earns nothing.
+
     components = every term's own components, plus each term's values under
     the term's name, so the log shows what each part contributed.
     """
 
-    def __init__(self, terms: list[tuple[float, Reward]], name: str = "total") -> None:
+    def __init__(self, terms: list[tuple[float, Reward]], name: str = "total", gate: str | None = None) -> None:
         if not terms:
             raise RewardError("a weighted reward needs at least one term")
         names = [reward.name for _, reward in terms]
@@ -111,8 +121,11 @@ class WeightedSum:
         for weight, reward in terms:
             if not np.isfinite(weight):
                 raise RewardError(f"weight of reward {reward.name!r} must be finite, got {weight}")
+        if gate is not None and gate not in names:
+            raise RewardError(f"the gate {gate!r} is not one of the reward's terms {names}")
         self.terms = [(float(weight), reward) for weight, reward in terms]
         self.name = name
+        self.gate = gate
 
     @property
     def weights(self) -> dict[str, float]:
@@ -123,7 +136,9 @@ class WeightedSum:
         self, prompts: list[str], completions: list[str], examples: list[dict]
     ) -> RewardOutput:
         n = check_batch(prompts, completions, examples)
-        total = np.zeros(n, dtype=np.float64)
+        gated = np.zeros(n, dtype=np.float64)      # sum over the terms the gate multiplies
+        gate_term = np.zeros(n, dtype=np.float64)  # w_g * g, or 0 without a gate
+        gate_values = np.ones(n, dtype=np.float64)
         components: dict[str, np.ndarray] = {}
         for weight, reward in self.terms:
             output = reward(prompts, completions, examples)
@@ -139,5 +154,8 @@ class WeightedSum:
                     "already logs; give the rewards distinct names"
                 )
             components.update(term_components)
-            total += weight * output.values
-        return RewardOutput(values=total, components=components)
+            if reward.name == self.gate:
+                gate_values, gate_term = output.values, weight * output.values
+            else:
+                gated += weight * output.values
+        return RewardOutput(values=gate_values * gated + gate_term, components=components)

