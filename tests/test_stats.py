@@ -1,5 +1,7 @@
 """Intervals and fits of the reproduction, against hand computation."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -46,3 +48,60 @@ def test_upper_frontier_and_interpolation():
     # Down to the arm's lowest gain the first point's capability is reachable: held flat.
     assert frontier_at(frontier, 0.05, lowest_x=0.02) == 5.0 and frontier_at(frontier, 0.01, lowest_x=0.02) is None
     assert frontier_at([], 0.1) is None and frontier_at([], 0.1, lowest_x=0.0) is None
+
+
+def test_student_t_p_values_match_the_table():
+    from eval.stats import student_t_two_sided_p
+
+    # the 97.5% quantiles of Student's t (T_975) leave 5% in the two tails
+    assert student_t_two_sided_p(2.228, 10) == pytest.approx(0.05, abs=1e-4)
+    assert student_t_two_sided_p(12.706, 1) == pytest.approx(0.05, abs=1e-4)
+    # t = 1 with 1 df: P(|T| >= 1) = 1 - 2 atan(1) / pi = 0.5 (the Cauchy distribution)
+    assert student_t_two_sided_p(1.0, 1) == pytest.approx(0.5, abs=1e-12)
+    assert student_t_two_sided_p(0.0, 5) == pytest.approx(1.0)
+
+
+def test_welch_test_by_hand():
+    from eval.stats import welch_t_test
+
+    # s_a² / n_a = 1/3, s_b² / n_b = (5/3)/4 = 5/12; se = sqrt(3/4); t = -3.5 / se
+    result = welch_t_test([1, 2, 3], [4, 5, 6, 7])
+    assert result["diff"] == pytest.approx(-3.5)
+    assert result["t"] == pytest.approx(-3.5 / math.sqrt(0.75))
+    # df = (3/4)² / ((1/3)² / 2 + (5/12)² / 3) = 0.5625 / (1/18 + 25/432)
+    assert result["df"] == pytest.approx(0.5625 / (1 / 18 + 25 / 432))
+    assert 0.005 < result["p"] < 0.02
+
+
+def test_sign_flip_test_separates_a_shift_from_noise():
+    from eval.stats import paired_sign_flip_p
+
+    # only the all-equal sign patterns (2 of 2^12) are as extreme as the data
+    assert paired_sign_flip_p([1.0] * 12) < 0.01
+    assert paired_sign_flip_p([1.0, -1.0] * 10) == pytest.approx(1.0)          # mean 0: every flip is as extreme
+
+
+def test_items_and_seeds_bootstrap_carries_seed_noise():
+    from eval.stats import bootstrap_mean_ci, items_and_seeds_bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=200)
+    # three seeds that differ by a constant shift: item resampling alone cannot see it
+    scores = np.stack([items - 1.0, items, items + 1.0])
+    mean, low, high = items_and_seeds_bootstrap_ci(scores)
+    _, item_low, item_high = bootstrap_mean_ci(scores.mean(axis=0))
+    assert mean == pytest.approx(items.mean())
+    assert (high - low) > 3 * (item_high - item_low)
+
+
+def test_adjusted_r_squared_and_its_interval():
+    from eval.stats import adjusted_r_squared, r_squared_ci
+
+    # 1 - (1 - 0.5) * 9 / 7
+    assert adjusted_r_squared(0.5, 10, 2) == pytest.approx(1 - 0.5 * 9 / 7)
+    x = np.arange(20.0)
+    r2, low, high = r_squared_ci(x, 2 * x + 1)
+    assert (r2, low, high) == pytest.approx((1.0, 1.0, 1.0))
+    noisy = 2 * x + np.random.default_rng(0).normal(scale=5, size=20)
+    r2, low, high = r_squared_ci(x, noisy)
+    assert low < r2 < high
