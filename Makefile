@@ -125,10 +125,10 @@ alignment-tax:
 #   make reproduce                     every stage in order; a stage whose outputs exist is skipped
 #   make reproduce STAGE=sweep-sft-mt  one stage (python -m eval.reproduce --help lists them)
 #   make reproduce-quick               every stage at toy size, to check the pipeline
-reproduce: data/hg/train.jsonl data/general/cloze.jsonl
+reproduce: data/mt-tatoeba/train.jsonl data/hg/train.jsonl data/general/cloze.jsonl
 	$(PY) -m eval.reproduce $(if $(STAGE),--stage $(STAGE)) $(ARGS)
 
-reproduce-quick: data/hg/train.jsonl data/general/cloze.jsonl
+reproduce-quick: data/mt-tatoeba/train.jsonl data/hg/train.jsonl data/general/cloze.jsonl
 	$(PY) -m eval.reproduce --plan quick $(if $(STAGE),--stage $(STAGE)) $(ARGS)
 
 data/general/cloze.jsonl:

@@ -188,7 +188,7 @@ def grpo_loss(
     Args:
         logprobs: [B, T] current policy log-probs (with grad).
         old_logprobs: [B, T] sampling-policy log-probs. With one update per
-            rollout (mu = 1) pass `logprobs.detach()`: rho is then exactly 1
+            rollout (mu = 1 and one minibatch) pass `logprobs.detach()`: rho is then exactly 1
             but its gradient is grad(logp), so no second forward pass is needed.
         ref_logprobs: [B, T] reference log-probs, or None when beta == 0.
         advantages: [B].
