@@ -4,9 +4,13 @@ Each test is one promise, tried through the command line's own `main` as a
 user would meet the fault (helpers from test_faults).
 
   - a resume folder cannot run code: the trainer state is read weights-only
+  - overwrite=true replaces only what a run writes, and never a live run in a subfolder
 """
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,9 @@ import pytest
 import torch
 
 from grpo import checkpoint as ckpt
-from test_faults import error_line, grpo_args, repo_root, run_cli  # noqa: F401 - repo_root is an autouse fixture
+from grpo import run_folder
+from test_faults import HOLD_LOCK, error_line, grpo_args, repo_root, run_cli, state_of  # noqa: F401 - autouse
+from test_resume import ROOT, env
 
 
 @pytest.fixture
@@ -63,3 +69,41 @@ def test_an_older_trainer_state_with_numpy_rng_arrays_still_loads(tmp_path):
     expected = np.random.rand()
     ckpt.set_rng_state(ckpt.load_trainer_state(folder)["rng"][0])
     assert np.random.rand() == expected
+
+
+# ---------------------------------------------------------- overwrite=true
+def test_overwrite_replaces_the_runs_own_entries_and_names_the_rest(one_step_run, capsys):
+    (one_step_run / "notes.md").write_text("why this run\n", encoding="utf-8")
+    (one_step_run / "plots").mkdir()
+    (one_step_run / "plots" / "reward.png").write_bytes(b"png")
+    mine = {name: data for name, data in state_of(one_step_run).items() if name.startswith(("notes", "plots"))}
+
+    code, out, err = run_cli(capsys, grpo_args(one_step_run, "overwrite=true", "max_steps=2"))
+    assert code == 0, err
+    assert f"overwrite=true replaces the run in '{one_step_run}'; left in place, since no run writes them: " \
+           "notes.md, plots" in out
+    after = state_of(one_step_run)
+    assert {name: after.get(name) for name in mine} == mine
+    assert [p.name for p in (one_step_run / "checkpoints").iterdir()] == ["step-000002"]
+
+
+def test_overwrite_is_refused_while_a_subfolder_holds_a_live_run(one_step_run, capsys):
+    inner = one_step_run / "inner"
+    inner.mkdir()
+    (inner / "metrics.jsonl").write_text('{"step": 1}\n', encoding="utf-8")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(inner)], cwd=ROOT, env=env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = state_of(one_step_run)
+        error_line(*run_cli(capsys, grpo_args(one_step_run, "overwrite=true", "max_steps=1"))[::2],
+                   f"overwrite=true refused: '{inner}' inside out_dir '{one_step_run}' holds a run that is still "
+                   f"going (pid {holder.pid})")
+        assert state_of(one_step_run) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # Once it has ended, the overwrite goes ahead and leaves the subfolder alone.
+    code, _, err = run_cli(capsys, grpo_args(one_step_run, "overwrite=true", "max_steps=1"))
+    assert code == 0, err
+    assert (inner / "metrics.jsonl").read_text(encoding="utf-8") == '{"step": 1}\n'
