@@ -46,6 +46,7 @@ from grpo.models import load_model
 from grpo.training_run import (
     Checkpointer,
     ExampleSampler,
+    PromptRoom,
     begin_logging,
     clip_and_step,
     finish_run,
@@ -257,7 +258,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     cfg = run.cfg
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
     state = load_resume_state(run, model)
-    train_examples, dev_examples = load_task_examples(cfg, tokenizer)
+    train_examples, dev_examples = load_task_examples(
+        cfg, tokenizer, room=PromptRoom.of(model, "max_target_tokens", cfg.max_target_tokens))
     train = [tokenize_example(tokenizer, e, cfg.max_target_tokens) for e in train_examples]
     dev = [tokenize_example(tokenizer, e, cfg.max_target_tokens) for e in dev_examples]
     pad_id = tokenizer.pad_token_id

@@ -43,6 +43,7 @@ from grpo.training_run import (
     Checkpointer,
     ExampleSampler,
     PhaseTimer,
+    PromptRoom,
     Run,
     autocast,
     begin_logging,
@@ -453,7 +454,9 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
     state = load_resume_state(place, model)
     if cfg.fsdp:
         dist.shard_model(model)
-    train_examples, dev_examples = load_task_examples(cfg, tokenizer)
+    completion_key = max(("max_new_tokens", "eval_max_new_tokens"), key=lambda key: getattr(cfg, key))
+    train_examples, dev_examples = load_task_examples(
+        cfg, tokenizer, room=PromptRoom.of(model, completion_key, getattr(cfg, completion_key)))
     refuse_unreadable_targets(reward_fn, [e["target"] for e in train_examples], cfg.max_unread_target_chars)
 
     optimizer = make_optimizer(model, cfg)

@@ -136,11 +136,64 @@ def finish_run(run_dir: Path) -> None:
 # --------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------
-def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
+@dataclass(frozen=True)
+class PromptRoom:
+    """How many prompt tokens the model has positions for: its position limit less what is generated after them."""
+
+    positions: int          # the model's max_position_embeddings
+    completion_key: str     # the config key of the tokens after the prompt ("max_new_tokens")
+    completion_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.positions - self.completion_tokens
+
+    @classmethod
+    def of(cls, model, completion_key: str, completion_tokens: int) -> PromptRoom | None:
+        """The model's room (None when its config names no position limit); ConfigError when none is left."""
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if not isinstance(positions, int) or positions <= 0:
+            return None
+        if completion_tokens >= positions:
+            raise ConfigError(f"{completion_key} = {completion_tokens} leaves no room for a prompt: the model has "
+                              f"{positions} positions (max_position_embeddings)")
+        return cls(positions, completion_key, completion_tokens)
+
+
+def refuse_prompts_beyond(room: PromptRoom, examples: list[dict], tokenizer, path: Path,
+                          max_prompt_tokens: int = 0) -> None:
+    """DataError naming the file and line of the first prompt longer than the model can take.
+
+    Such a prompt fails mid-run (or asks for terabytes); `max_prompt_tokens`
+    is the way to leave such examples out, and those it leaves out pass here. Only prompts with more UTF-8 bytes
+    than the room are tokenized: a token covers at least one byte, and the few
+    a tokenizer adds are allowed for.
+    """
+    spare = 16  # tokens a tokenizer may add that cover no byte (a dummy prefix)
+    for index, example in enumerate(examples):
+        if len(example["prompt"].encode("utf-8")) + spare <= room.tokens:
+            continue
+        tokens = len(tokenizer(example["prompt"], add_special_tokens=False).input_ids)
+        if tokens > room.tokens and not 0 < max_prompt_tokens < tokens:
+            raise DataError(f"{path}:{data_line(path, index)}: the prompt has {tokens} tokens; the model takes "
+                            f"{room.tokens} ({room.positions} positions less {room.completion_key} = "
+                            f"{room.completion_tokens}). Shorten that line, or set max_prompt_tokens = {room.tokens} "
+                            "to leave such examples out")
+
+
+def data_line(path: Path, index: int) -> int | str:
+    """The line number of the `index`-th record of a JSONL file (blank lines hold none, as in read_jsonl)."""
+    with open(path, encoding="utf-8-sig") as f:
+        numbers = (number for number, line in enumerate(f, start=1) if line.strip())
+        return next((number for i, number in enumerate(numbers) if i == index), "?")
+
+
+def load_task_examples(cfg, tokenizer, room: PromptRoom | None = None) -> tuple[list[dict], list[dict]]:
     """Train and dev examples of the configured task.
 
     With `max_prompt_tokens` set, examples with longer prompts are left out
     (and counted on stdout): truncating a source sentence would change the task.
+    A prompt the model has no positions for (`room`) stops the run here, naming its line.
     """
     train_file = split_path(cfg.data, "train")
     if train_file is None:
@@ -149,8 +202,10 @@ def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
                   data_langs=cfg.data_langs, prompt_format=cfg.prompt_format)
 
     def load(path, limit):
-        examples = keep_short_prompts(make_examples(read_jsonl(path), tokenizer, **common), tokenizer,
-                                      cfg.max_prompt_tokens, path)
+        examples = make_examples(read_jsonl(path), tokenizer, **common)
+        if room is not None:
+            refuse_prompts_beyond(room, examples, tokenizer, path, cfg.max_prompt_tokens)
+        examples = keep_short_prompts(examples, tokenizer, cfg.max_prompt_tokens, path)
         if not examples:
             raise DataError(f"{path}: no examples left (max_prompt_tokens={cfg.max_prompt_tokens})")
         if 0 < limit < len(examples):
