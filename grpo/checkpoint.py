@@ -288,12 +288,12 @@ def newest_intact_checkpoint(run_dir) -> Path | None:
     return None
 
 
-def what_is_left(run_dir) -> str:
-    """After a failed write: which checkpoint is intact, and how to go on."""
-    previous = latest_checkpoint(run_dir)
+def what_is_left(run_dir, fix: str = "free space") -> str:
+    """After a failed write: which checkpoint is intact, and how to go on once the user did `fix`."""
+    previous = latest_checkpoint(run_dir) if Path(run_dir).is_dir() else None
     if previous is None:
-        return "no checkpoint had been written yet: free space, then start again with overwrite=true"
-    return f"the previous checkpoint {previous} is intact: free space, then continue with resume=auto"
+        return f"no checkpoint had been written yet: {fix}, then start again with overwrite=true"
+    return f"the previous checkpoint {previous} is intact: {fix}, then continue with resume=auto"
 
 
 # Besides tensors and plain values, the one thing a trainer state may hold: numpy arrays, which checkpoints

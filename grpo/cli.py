@@ -73,11 +73,24 @@ def main(argv: list[str] | None = None, config_class=GRPOConfig, run=train_grpo,
         return 130
     except OSError as err:
         # A checkpoint write says so itself (CheckpointError); this is any other write: metrics, eval outputs.
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or cfg is None:
+        if cfg is None or not (err.errno in (errno.ENOSPC, errno.EDQUOT) or unwritable_path(err)):
             raise
         from grpo.checkpoint import what_is_left
 
-        print(f"error: disk full ({err.strerror}{f': {err.filename}' if err.filename else ''}); "
-              f"{what_is_left(cfg.out_dir)}", file=sys.stderr)
+        if unwritable_path(err):
+            print(f"error: cannot write '{err.filename}' ({err.strerror}); "
+                  f"{what_is_left(cfg.out_dir, 'make it writable')}", file=sys.stderr)
+        else:
+            print(f"error: disk full ({err.strerror}{f': {err.filename}' if err.filename else ''}); "
+                  f"{what_is_left(cfg.out_dir)}", file=sys.stderr)
         return 2
     return 0
+
+
+# Errors of the file system, not of the program: a read-only mount, a permission, a file where a folder should be.
+PATH_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
+
+
+def unwritable_path(err: OSError) -> bool:
+    """Whether an OSError is a path the run cannot write, which the message can name."""
+    return err.errno in PATH_ERRNOS and bool(err.filename)

@@ -26,6 +26,7 @@ import fcntl
 import functools
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from grpo.errors import ConfigError
@@ -65,8 +66,14 @@ def lock(run_dir) -> None:
     Then settle a `.replaced/` folder that a killed overwrite left behind.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock_file = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"out_dir '{run_dir}' is a file, not a folder; choose another out_dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock_file = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"out_dir '{run_dir}' cannot be written ({error.strerror}: '{error.filename}'); "
+                          "choose another out_dir") from None
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -164,6 +171,18 @@ def interrupted_note(out_dir) -> str:
         return ("interrupted before the first checkpoint: there is nothing to resume. "
                 "Start again with overwrite=true")
     return f"interrupted; continue from {latest} with resume=auto"
+
+
+def refuse_unwritable(folder: Path, what: str) -> None:
+    """ConfigError naming `folder` when it exists and a file cannot be created in it: checked before a model loads."""
+    if not folder.exists():
+        return  # created inside the run folder, which the lock proved writable
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{what} '{folder}' is not a writable folder ({error.strerror}); "
+                          "remove it or make it writable, or choose another out_dir") from None
 
 
 def _run_entries(run_dir: Path) -> list[Path]:

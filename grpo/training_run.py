@@ -97,6 +97,8 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
 
 def _claim_run_dir(cfg, run_dir: Path) -> Path | None:
     run_folder.lock(run_dir)
+    if "tensorboard" in cfg.report_to:
+        run_folder.refuse_unwritable(run_dir / "tensorboard", "the TensorBoard folder")
     resume_from = resume_checkpoint(cfg, run_dir)
     holds_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
     if holds_run and resume_from is None:
