@@ -55,6 +55,7 @@ from grpo.training_run import (
     load_task_examples,
     make_optimizer,
     start_run,
+    stop_if_terminated,
     trainable_parameters,
     warmup_cosine,
     write_eval_rows,
@@ -313,8 +314,10 @@ def train_sft(cfg: SFTConfig) -> Path:
         if dev and is_due(step, cfg.eval_every, steps) and dist.is_main():
             logger.log(step, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run.run_dir, step), advance=False)
 
-        if is_due(step, cfg.save_every, steps):
+        saved = is_due(step, cfg.save_every, steps)
+        if saved:
             checkpoints.save(step)
+        stop_if_terminated(checkpoints, step, steps, saved)
 
     logger.close()
     finish_run(run.run_dir)

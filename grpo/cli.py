@@ -12,6 +12,7 @@ object, and this module builds the one the config describes.
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 
 from grpo import distributed as dist
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None, config_class=GRPOConfig, run=train_grpo,
     except KeyboardInterrupt:
         print(run_folder.interrupted_note(cfg.out_dir) if cfg is not None else "interrupted", file=sys.stderr)
         return 130
+    except run_folder.Terminated as stop:
+        if dist.is_main():
+            print(stop, file=sys.stderr)
+        return 128 + signal.SIGTERM
     except OSError as err:
         # A checkpoint write says so itself (CheckpointError); this is any other write: metrics, eval outputs.
         if cfg is None or not (err.errno in (errno.ENOSPC, errno.EDQUOT) or unwritable_path(err)):

@@ -15,9 +15,14 @@
   start-up that finds `.replaced/` left by a killed process settles it
   first: deleted if that run got to a checkpoint, put back otherwise.
 
+* SIGTERM, which cluster schedulers send some time before they kill, asks
+  the run to stop once its step is done: it saves a checkpoint of that step,
+  says what to run to continue, and exits with 143. A second SIGTERM stops
+  at once, as Ctrl-C does.
+
 Under torchrun only rank 0 calls these; the trainers wrap themselves in
 `holds_run_dir`, which puts an old run back and releases the lock whatever
-way they end.
+way they end, and within which SIGTERM asks for a stop.
 """
 
 from __future__ import annotations
@@ -26,7 +31,11 @@ import fcntl
 import functools
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from grpo.errors import ConfigError
@@ -151,12 +160,51 @@ def holds_run_dir(train):
     @functools.wraps(train)
     def wrapper(cfg, *args, **kwargs):
         try:
-            return train(cfg, *args, **kwargs)
+            with stop_on_sigterm():
+                return train(cfg, *args, **kwargs)
         finally:
             close_open_loggers()
             release(cfg.out_dir)
 
     return wrapper
+
+
+class Terminated(Exception):
+    """The run stopped on SIGTERM after saving a checkpoint; the message says how to continue."""
+
+
+_sigterm = threading.Event()
+
+
+@contextmanager
+def stop_on_sigterm():
+    """Within the block a SIGTERM sets `sigterm_received` (the loop stops after its step); a second one stops at once.
+
+    The first cannot stop at once: the weights may be half-way through a step,
+    and a checkpoint of them would not resume exactly.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def handler(signum, frame):
+        if _sigterm.is_set():
+            raise KeyboardInterrupt
+        _sigterm.set()
+        print("SIGTERM: stopping once this step is done, with a checkpoint; a second SIGTERM stops at once",
+              file=sys.stderr, flush=True)
+
+    _sigterm.clear()
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _sigterm.clear()
+
+
+def sigterm_received() -> bool:
+    return _sigterm.is_set()
 
 
 def interrupted_note(out_dir) -> str:

@@ -54,6 +54,7 @@ from grpo.training_run import (
     load_task_examples,
     make_optimizer,
     start_run,
+    stop_if_terminated,
     trainable_parameters,
     warmup_cosine,
     write_eval_rows,
@@ -548,9 +549,11 @@ def train(cfg: GRPOConfig, reward_fn: Callable) -> Path:
             logger.log(step, evaluate(model, run.tokenizer, run.reward_fn, run.dev_examples, cfg, run.place.run_dir,
                                       step), advance=False)
 
-        # 9. Checkpoint.
-        if is_due(step, cfg.save_every, cfg.max_steps):
+        # 9. Checkpoint, and after a SIGTERM one in any case, then stop.
+        saved = is_due(step, cfg.save_every, cfg.max_steps)
+        if saved:
             run.checkpoints.save(step)
+        stop_if_terminated(run.checkpoints, step, cfg.max_steps, saved)
 
     logger.close()
     finish_run(run.place.run_dir)

@@ -436,6 +436,20 @@ class Checkpointer:
         dist.barrier()
 
 
+def stop_if_terminated(checkpoints: Checkpointer, step: int, last_step: int, saved: bool) -> None:
+    """After a step: when SIGTERM came (on any rank), save this step unless it was just saved, and raise Terminated.
+
+    Every rank calls this, so that all of them stop after the same step. After
+    the last step there is nothing to stop: the run finishes as usual.
+    """
+    if step == last_step or not dist.all_reduce_sum(float(run_folder.sigterm_received())):
+        return
+    if not saved:
+        checkpoints.save(step)
+    raise run_folder.Terminated(f"stopped by SIGTERM after step {step}; continue from "
+                                f"{ckpt.latest_checkpoint(checkpoints.run.run_dir)} with resume=auto")
+
+
 def is_due(step: int, every: int, last_step: int) -> bool:
     """Whether a periodic action (dev evaluation, checkpoint) falls on `step`: every N steps and at the end."""
     return bool(every and step % every == 0) or step == last_step

@@ -5,6 +5,7 @@ user would meet the fault (helpers from test_faults).
 
   - a resume folder cannot run code: the trainer state is read weights-only
   - overwrite=true replaces only what a run writes, and never a live run in a subfolder
+  - SIGTERM finishes the step, saves it and says how to continue (exit 143); a second one stops at once
 """
 
 import os
@@ -19,7 +20,9 @@ import torch
 
 from grpo import checkpoint as ckpt
 from grpo import run_folder
-from test_faults import HOLD_LOCK, error_line, grpo_args, repo_root, run_cli, state_of  # noqa: F401 - autouse
+from grpo.metrics import read_metrics
+from test_faults import (HOLD_LOCK, Scores, error_line, grpo_args, grpo_main_with, repo_root,  # noqa: F401 - autouse
+                         run_cli, state_of)
 from test_resume import ROOT, env
 
 
@@ -107,3 +110,38 @@ def test_overwrite_is_refused_while_a_subfolder_holds_a_live_run(one_step_run, c
     code, _, err = run_cli(capsys, grpo_args(one_step_run, "overwrite=true", "max_steps=1"))
     assert code == 0, err
     assert (inner / "metrics.jsonl").read_text(encoding="utf-8") == '{"step": 1}\n'
+
+
+# ------------------------------------------------------------------ SIGTERM
+def sigterm_at_call(*calls: int):
+    """A reward hook that sends this process SIGTERM at the given reward calls (1: dev evaluation at step 0)."""
+    count = []
+
+    def hook():
+        count.append(1)
+        for _ in range(calls.count(len(count))):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return Scores(hook)
+
+
+def test_sigterm_saves_the_step_and_says_how_to_continue(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=4"), grpo_main_with(sigterm_at_call(3)))  # in step 2
+    assert code == 143, err
+    step2 = out / "checkpoints" / "step-000002"
+    assert err.endswith(f"\nstopped by SIGTERM after step 2; continue from {step2} with resume=auto\n"), err
+    assert ckpt.verify_checkpoint(step2)
+
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=4", "resume=auto"), grpo_main_with(Scores()))
+    assert code == 0, err
+    assert [row["step"] for row in read_metrics(out / "metrics.jsonl") if "reward" in row] == [1, 2, 3, 4]
+
+
+def test_a_second_sigterm_stops_at_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=4"), grpo_main_with(sigterm_at_call(3, 3)))
+    assert code == 130, err
+    assert err.endswith("\ninterrupted before the first checkpoint: there is nothing to resume. "
+                        "Start again with overwrite=true\n"), err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
