@@ -49,6 +49,7 @@ from grpo.training_run import (
     PromptRoom,
     begin_logging,
     clip_and_step,
+    data_digests,
     finish_run,
     is_due,
     load_resume_state,
@@ -270,7 +271,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, steps, cfg.min_lr_ratio)
     sampler = ExampleSampler(len(train), cfg.seed)
     guard = NonFiniteGuard(cfg.max_skipped_steps)
-    checkpoints = Checkpointer(run, model, tokenizer, optimizer, scheduler, sampler)
+    checkpoints = Checkpointer(run, model, tokenizer, optimizer, scheduler, sampler,
+                               data_files=data_digests(run.requested))
     start_step = checkpoints.restore(state)
 
     logger = begin_logging(run, steps, start_step, bar_keys=("loss", "eval/loss"))

@@ -47,6 +47,9 @@ from grpo import lora
 from grpo.errors import CheckpointError
 
 STATE_FILE = "trainer_state.pt"
+# The trainer state's "format": 2 since checkpoints always carry a manifest and hold only plain values.
+# A checkpoint without one (format 1) predates manifests; a format-2 checkpoint without a manifest is damaged.
+STATE_FORMAT = 2
 MANIFEST_FILE = "manifest.json"
 FINAL_LINK = "final"
 
@@ -144,7 +147,7 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_model_folder(model, tokenizer, tmp, weights)
-        torch.save({**state, "step": step}, tmp / STATE_FILE)
+        torch.save({**state, "step": step, "format": STATE_FORMAT}, tmp / STATE_FILE)
         write_manifest(tmp)
         _fsync_tree(tmp)
     except Exception as error:
@@ -215,13 +218,18 @@ def verify_checkpoint(folder: Path) -> bool:
 
     Sizes are compared first (a truncated or emptied file costs no hashing),
     then digests. Returns False for a checkpoint written before manifests
-    existed (nothing to check it against), True when it verified.
+    existed (nothing to check it against), True when it verified. A
+    checkpoint whose state says it was written with a manifest and has none
+    is damaged.
     """
     folder = Path(folder)
     manifest_path = folder / MANIFEST_FILE
     if not manifest_path.exists():
         if not (folder / STATE_FILE).exists():
             raise CheckpointError(f"'{folder}' is not a checkpoint: it has neither {MANIFEST_FILE} nor {STATE_FILE}")
+        if load_trainer_state(folder).get("format", 1) >= 2:
+            raise CheckpointError(f"checkpoint {folder} is damaged: {MANIFEST_FILE} is missing (every checkpoint "
+                                  "written since manifests exist has one)")
         return False
     try:
         files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
@@ -264,10 +272,10 @@ UNVERIFIED_NOTE = ("checkpoint {checkpoint} has no " + MANIFEST_FILE
                    + " (it predates checkpoint manifests), so it is used without verifying it")
 
 
-def newest_intact_checkpoint(run_dir) -> Path | None:
+def newest_intact_checkpoint(run_dir, advice: str = "start again with overwrite=true") -> Path | None:
     """The newest checkpoint of a run that verifies (`resume=auto`), printing each damaged one it passes over.
 
-    None when the run has no checkpoint; CheckpointError when it has some and none verifies.
+    None when the run has no checkpoint; CheckpointError, ending with `advice`, when it has some and none verifies.
     """
     damaged = []
     for checkpoint in reversed(list_checkpoints(run_dir)):
@@ -283,8 +291,7 @@ def newest_intact_checkpoint(run_dir) -> Path | None:
             print(UNVERIFIED_NOTE.format(checkpoint=checkpoint))
         return checkpoint
     if damaged:
-        raise CheckpointError(f"no checkpoint of '{run_dir}' verifies ({'; '.join(damaged)}); "
-                              "start again with overwrite=true")
+        raise CheckpointError(f"no checkpoint of '{run_dir}' verifies ({'; '.join(damaged)}); {advice}")
     return None
 
 

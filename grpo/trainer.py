@@ -48,6 +48,7 @@ from grpo.training_run import (
     autocast,
     begin_logging,
     clip_and_step,
+    data_digests,
     finish_run,
     is_due,
     load_resume_state,
@@ -466,7 +467,8 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
     # On the model's device: torch.multinomial on a GPU needs a GPU generator.
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + place.rank)
     sampler = ExampleSampler(len(train_examples), cfg.seed)
-    checkpoints = Checkpointer(place, model, tokenizer, optimizer, scheduler, sampler, generator)
+    checkpoints = Checkpointer(place, model, tokenizer, optimizer, scheduler, sampler, generator,
+                               data_files=data_digests(place.requested))
     start_step = checkpoints.restore(state)
     logger = begin_logging(place, cfg.max_steps, start_step, bar_keys=("reward", "kl", "eval/reward"))
     logger.message(f"run folder: {place.run_dir}  |  {len(train_examples)} train / {len(dev_examples)} dev examples"

@@ -15,6 +15,7 @@ their run folder, resume and checkpoint in one way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -72,7 +73,10 @@ def start_run(cfg) -> Run:
 def resume_checkpoint(cfg, run_dir: Path) -> Path | None:
     """The verified checkpoint `resume` names: the run's newest intact one for "auto", a folder, or None."""
     if cfg.resume == "auto":
-        return ckpt.newest_intact_checkpoint(run_dir)
+        # With overwrite=true already given, the way out is to leave resume=auto off.
+        advice = ("to start the run again, run the same command without resume=auto (overwrite=true replaces the "
+                  "run once the new one has a checkpoint)" if cfg.overwrite else "start again with overwrite=true")
+        return ckpt.newest_intact_checkpoint(run_dir, advice)
     if not cfg.resume:
         return None
     try:
@@ -101,6 +105,8 @@ def _claim_run_dir(cfg, run_dir: Path) -> Path | None:
         run_folder.refuse_unwritable(run_dir / "tensorboard", "the TensorBoard folder")
     resume_from = resume_checkpoint(cfg, run_dir)
     holds_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    if cfg.resume == "auto" and not holds_run:
+        print(f"resume=auto: no run to resume in '{run_dir}'; starting fresh")
     if holds_run and resume_from is None:
         if cfg.resume == "auto" and not cfg.overwrite:
             raise ConfigError(f"out_dir '{run_dir}' holds a run without a checkpoint to resume from; "
@@ -372,6 +378,50 @@ def check_resume_matches(cfg, saved_config: dict, checkpoint: Path) -> list[str]
     return reported
 
 
+def data_digests(cfg) -> dict[str, dict]:
+    """Path, size and SHA-256 of the task's train and dev files, as a checkpoint records them for its resume."""
+    digests = {}
+    for split in ("train", "dev"):
+        path = split_path(cfg.data, split)
+        if path is not None and path.is_file():
+            stat = path.stat()
+            digests[split] = {"path": str(path), "size": stat.st_size,
+                              "sha256": _file_digest(str(path), stat.st_size, stat.st_mtime_ns)}
+    return digests
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """A data file's SHA-256, hashed once per version of the file (a resume asks twice: to check and to record)."""
+    return ckpt.file_sha256(Path(path))
+
+
+def check_data_unchanged(cfg, recorded: dict | None, checkpoint: Path) -> None:
+    """Refuse to continue a checkpoint on train or dev data whose content changed since it was written.
+
+    The config check sees only the `data` string: a file edited in place would
+    be trained on silently. A checkpoint from before data was recorded is not checked.
+    """
+    if recorded is None:
+        return
+    now = data_digests(cfg)
+    for split in sorted(set(recorded) | set(now)):
+        then, current = recorded.get(split), now.get(split)
+        if then is not None and current is not None and then["sha256"] == current["sha256"]:
+            continue
+        path = (current or then)["path"]
+        if current is None:
+            how = "is gone"
+        elif then is None:
+            how = "is new"
+        elif then["size"] != current["size"]:
+            how = f"has {current['size']} bytes, {then['size']} when the checkpoint was written"
+        else:
+            how = "has other content than when the checkpoint was written (same size, another SHA-256)"
+        raise ConfigError(f"cannot resume from {checkpoint}: the {split} data '{path}' {how}. Put the file back as "
+                          "it was, or start a new run on the new data")
+
+
 def load_resume_state(run: Run, model) -> dict | None:
     """The checkpoint's trainer state, checked against this run's config, with its weights loaded into `model`.
 
@@ -381,6 +431,7 @@ def load_resume_state(run: Run, model) -> dict | None:
         return None
     state = ckpt.load_trainer_state(run.resume_from)
     check_resume_matches(run.requested, state["config"], run.resume_from)
+    check_data_unchanged(run.requested, state.get("data_files"), run.resume_from)
     ckpt.load_policy_weights(model, run.resume_from)
     return state
 
@@ -400,6 +451,7 @@ class Checkpointer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sampler: ExampleSampler
     generator: torch.Generator | None = None   # the sampling generator, when the loop draws from its own
+    data_files: dict | None = None             # `data_digests` of the data the run loaded, for its resume
 
     def restore(self, state: dict | None) -> int:
         """Load `load_resume_state`'s state (None: a new run); returns the step to continue after.
@@ -429,7 +481,8 @@ class Checkpointer:
         weights, optimizer_state = ckpt.full_weights(self.model), ckpt.optimizer_state(self.model, self.optimizer)
         if dist.is_main():
             state = {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
-                     "sampler": self.sampler.state(), "rng": rng, "config": to_dict(self.run.requested)}
+                     "sampler": self.sampler.state(), "rng": rng, "config": to_dict(self.run.requested),
+                     "data_files": self.data_files}
             ckpt.save_checkpoint(self.run.run_dir, step, self.model, self.tokenizer, state,
                                  keep=self.run.cfg.keep_checkpoints, weights=weights)
             run_folder.commit(self.run.run_dir)

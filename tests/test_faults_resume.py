@@ -6,9 +6,14 @@ user would meet the fault (helpers from test_faults).
   - a resume folder cannot run code: the trainer state is read weights-only
   - overwrite=true replaces only what a run writes, and never a live run in a subfolder
   - SIGTERM finishes the step, saves it and says how to continue (exit 143); a second one stops at once
+  - a resume checks the data files' content, not only their names
+  - resume=auto says when there is nothing to resume
+  - a checkpoint of this version without its manifest is damaged, not "older"
+  - when no checkpoint verifies, the advice fits the command given
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,3 +150,51 @@ def test_a_second_sigterm_stops_at_once(tmp_path, capsys):
     assert err.endswith("\ninterrupted before the first checkpoint: there is nothing to resume. "
                         "Start again with overwrite=true\n"), err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
+
+
+# ------------------------------------------------------- what a resume checks
+def test_a_data_file_edited_in_place_refuses_the_resume(tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(ROOT / "data" / "mt", data)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, grpo_args(out, f"data={data}", "max_steps=1"))
+    assert code == 0, err
+    train = data / "train.jsonl"
+    text = train.read_text(encoding="utf-8")
+    train.write_text(text.replace("人民币", "人民幣", 1), encoding="utf-8")  # one character, the same size
+
+    error_line(*run_cli(capsys, grpo_args(out, f"data={data}", "max_steps=2", "resume=auto"))[::2],
+               f"cannot resume from {out / 'checkpoints' / 'step-000001'}: the train data '{train}' has other "
+               "content than when the checkpoint was written", "Put the file back as it was")
+    train.write_text(text, encoding="utf-8")
+    code, _, err = run_cli(capsys, grpo_args(out, f"data={data}", "max_steps=2", "resume=auto"))
+    assert code == 0, err
+
+
+def test_resume_auto_with_no_run_says_it_starts_fresh(tmp_path, capsys):
+    out = tmp_path / "runs" / "grpo-mt-typo"
+    code, stdout, err = run_cli(capsys, grpo_args(out, "max_steps=1", "resume=auto"))
+    assert code == 0, err
+    assert f"resume=auto: no run to resume in '{out}'; starting fresh" in stdout
+
+
+def test_a_checkpoint_without_its_manifest_is_damaged_not_older(one_step_run, tmp_path, capsys):
+    step1 = one_step_run / "checkpoints" / "step-000001"
+    (step1 / ckpt.MANIFEST_FILE).unlink()
+    error_line(*run_cli(capsys, grpo_args(one_step_run, "max_steps=2", "resume=auto"))[::2],
+               f"no checkpoint of '{one_step_run}' verifies (step-000001: {ckpt.MANIFEST_FILE} is missing")
+    error_line(*run_cli(capsys, grpo_args(tmp_path / "other", f"resume={step1}"))[::2],
+               f"checkpoint {step1} is damaged: {ckpt.MANIFEST_FILE} is missing")
+
+    # One written before manifests existed (no "format" in its state) is still used, and said so.
+    state = ckpt.load_trainer_state(step1)
+    del state["format"]
+    torch.save(state, step1 / ckpt.STATE_FILE)
+    assert ckpt.verify_checkpoint(step1) is False
+
+
+def test_no_intact_checkpoint_under_overwrite_true_advises_leaving_resume_auto_off(one_step_run, capsys):
+    (one_step_run / "checkpoints" / "step-000001" / ckpt.STATE_FILE).write_bytes(b"")
+    line = error_line(*run_cli(capsys, grpo_args(one_step_run, "max_steps=1", "resume=auto", "overwrite=true"))[::2],
+                      f"no checkpoint of '{one_step_run}' verifies", "run the same command without resume=auto")
+    assert "start again with overwrite=true" not in line
