@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import signal
 import sys
+from pathlib import Path
 
 from grpo import distributed as dist
 from grpo import run_folder
@@ -49,8 +50,12 @@ def train_grpo(cfg: GRPOConfig):
 
 
 def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
-    """The optional preset file (first argument without '=') and the key=value overrides."""
-    preset = argv[0] if argv and "=" not in argv[0] else None
+    """The optional preset file and the key=value overrides.
+
+    The first argument is the preset when it is an existing file (its path may
+    hold '=': runs/lr=1e-4/config.toml) or has no '='.
+    """
+    preset = argv[0] if argv and (Path(argv[0]).is_file() or "=" not in argv[0]) else None
     return preset, argv[1:] if preset else argv
 
 

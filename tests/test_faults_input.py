@@ -5,6 +5,10 @@ user would meet the fault (helpers from test_faults).
 
   - a prompt longer than the model can take is named by file and line at data load
   - a run folder that cannot be written is named in one line: read-only, a file, a TensorBoard folder
+  - a preset file is a preset, even when its path holds '='
+  - a custom reward module that fails at import is named with its file, line and error
+  - alignment_tax checks its drift texts before any model is evaluated
+  - an encoder whose tokenizer is a placeholder is refused for what it is
 """
 
 import errno
@@ -16,6 +20,7 @@ import pytest
 
 from grpo import trainer
 from grpo.cli import main as grpo_main
+from grpo.config import GRPOConfig
 from test_faults import error_line, grpo_args, repo_root, run_cli  # noqa: F401 - repo_root is an autouse fixture
 
 
@@ -83,3 +88,62 @@ def test_a_later_write_to_an_unwritable_path_is_one_line(tmp_path, capsys):
     error_line(*run_cli(capsys, grpo_args(tmp_path / "run"), lambda argv: grpo_main(argv, run=run))[::2],
                f"cannot write '{tmp_path / 'run'}/eval/step-000001.jsonl' (Permission denied); no checkpoint had "
                "been written yet: make it writable, then start again with overwrite=true")
+
+
+# ---------------------------------------------------------------- presets
+def test_a_preset_whose_path_holds_an_equals_sign_is_the_preset(tmp_path, capsys):
+    preset = tmp_path / "runs" / "lr=1e-4" / "config.toml"
+    preset.parent.mkdir(parents=True)
+    preset.write_text("group_size = 4\nlr = 1e-4\n", encoding="utf-8")
+    seen = []
+    code = grpo_main([str(preset), "max_steps=3"], run=seen.append)
+    assert code == 0, capsys.readouterr().err
+    assert (seen[0].group_size, seen[0].lr, seen[0].max_steps) == (4, 1e-4, 3)
+    assert seen[0].model == GRPOConfig().model
+
+
+# ------------------------------------------------------------ custom rewards
+@pytest.mark.parametrize("body, line, error", [
+    ("def reward(prompts, completions, examples:\n    return [0.0] * len(completions)\n", 1, "has a syntax error"),
+    ("import math\nSCALE = 1 / 0\n", 2, "failed while being imported"),
+], ids=["syntax-error", "raises-at-import"])
+def test_a_custom_reward_module_that_fails_at_import_is_one_line(tmp_path, capsys, monkeypatch, body, line, error):
+    name = f"broken_reward_{line}"
+    (tmp_path / f"{name}.py").write_text(body, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    error_line(*run_cli(capsys, grpo_args(tmp_path / "run", f"custom_reward={name}:reward"))[::2],
+               f"the custom reward module '{name}' {error}", f"{tmp_path / name}.py:{line}: ")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# ------------------------------------------------------------ alignment tax
+def test_alignment_tax_refuses_an_empty_drift_texts_file_before_any_evaluation(tmp_path, capsys):
+    from eval.alignment_tax import main
+    from test_alignment_tax import write_suite
+
+    empty = tmp_path / "drift-empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    suite = write_suite(tmp_path / "suite.toml", extra=f'[drift_empty]\nkind = "drift"\ntexts = "{empty}"\n')
+    args = ["--base", "tiny-random-llama", "--tuned", "tiny-random-llama", "--suite", str(suite),
+            "--out", str(tmp_path / "out"), "--quiet"]
+    error_line(*run_cli(capsys, args, main)[::2], f"{suite}: drift probe [drift_empty]: data file '{empty}' is empty")
+    assert not (tmp_path / "out").exists(), "a model was evaluated first"
+
+
+# ------------------------------------------------------------ reward encoder
+def test_an_encoder_with_a_placeholder_tokenizer_is_refused_for_what_it_is(tmp_path, capsys):
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path / "five-tokens"
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=5, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(folder)
+    (tmp_path / "vocab.txt").write_text("\n".join(specials) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(folder)
+    line = error_line(*run_cli(capsys, grpo_args(tmp_path / "run", f"encoder={folder}",
+                                                 "reward_weights={semantic=1.0}"))[::2],
+                      "cannot read 100% of the characters", "its tokenizer has only 5 tokens, too few to read any "
+                      "language", "max_unread_target_chars=1")
+    assert "target language" not in line
