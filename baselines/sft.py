@@ -299,6 +299,7 @@ def train_sft(cfg: SFTConfig) -> Path:
             checkpoints.save(step)  # skipped steps changed nothing: these are the last good weights
             logger.close()
             raise
+        guard.note_step(step, int(skipped), 1)
         seconds = time.perf_counter() - started
         logger.log(step, {
             "loss": loss,

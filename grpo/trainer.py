@@ -539,6 +539,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable) -> Path:
                 run.checkpoints.save(step)
                 logger.close()
                 raise
+            run.guard.note_step(step, update.skipped, len(update.loss))
 
         # 7. Metrics (reward statistics over the global batch), and the sampled completions now and then.
         logger.log(step, step_metrics(run, scored, advantages, zero_std, update, sampling_stats, timer))

@@ -32,7 +32,7 @@ from grpo import run_folder
 from grpo.config import current_name, save_config, to_dict
 from grpo.data import keep_short_prompts, make_examples, read_jsonl, split_path
 from grpo.errors import CheckpointError, ConfigError, DataError
-from grpo.guards import NonFiniteGuard
+from grpo.guards import NonFiniteGuard, NonFiniteWeights
 from grpo.metrics import MetricsLogger
 
 
@@ -311,12 +311,21 @@ def autocast(cfg):
                           enabled=cfg.mixed_precision == "bf16")
 
 
+def check_weights_finite(parameters: list[torch.nn.Parameter], lr: float) -> None:
+    """NonFiniteWeights (on every rank) when an optimizer step left any weight inf or NaN: an lr far too large."""
+    finite = bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all()) if parameters else True
+    if dist.all_reduce_sum(float(not finite)):
+        raise NonFiniteWeights(f"an optimizer step left weights that are inf or NaN (lr = {lr:g}); nothing trained "
+                               "from them can be used, and they are not saved. Start again with a lower lr")
+
+
 def clip_and_step(model, optimizer, scheduler, loss_value: float, max_grad_norm: float,
                   guard: NonFiniteGuard) -> tuple[float, bool]:
     """Clip the gradient's global norm, then step; a non-finite step is skipped and counted by `guard`.
 
     A NaN or inf would poison AdamW's moments for good, so such a step only
-    advances the schedule; too many in a row raise TooManySkippedSteps.
+    advances the schedule; too many in a row raise TooManySkippedSteps. A step
+    that leaves a weight non-finite raises NonFiniteWeights.
     Returns (grad norm before clipping, skipped).
     """
     grad_norm = float(torch.nn.utils.clip_grad_norm_(
@@ -327,6 +336,7 @@ def clip_and_step(model, optimizer, scheduler, loss_value: float, max_grad_norm:
         optimizer.zero_grad(set_to_none=True)
     else:
         optimizer.step()
+        check_weights_finite(trainable_parameters(model), scheduler.get_last_lr()[0])
     scheduler.step()
     guard.record(skipped)
     return grad_norm, skipped

@@ -9,6 +9,7 @@ user would meet the fault (helpers from test_faults).
   - a custom reward module that fails at import is named with its file, line and error
   - alignment_tax checks its drift texts before any model is evaluated
   - an encoder whose tokenizer is a placeholder is refused for what it is
+  - a reward too large for float32 is counted as a failure; an lr that stops training is said, not hidden
 """
 
 import errno
@@ -21,7 +22,9 @@ import pytest
 from grpo import trainer
 from grpo.cli import main as grpo_main
 from grpo.config import GRPOConfig
-from test_faults import error_line, grpo_args, repo_root, run_cli  # noqa: F401 - repo_root is an autouse fixture
+from grpo.metrics import read_metrics
+from rewards.base import RewardOutput
+from test_faults import error_line, grpo_args, grpo_main_with, repo_root, run_cli  # noqa: F401 - autouse
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:
@@ -147,3 +150,60 @@ def test_an_encoder_with_a_placeholder_tokenizer_is_refused_for_what_it_is(tmp_p
                       "cannot read 100% of the characters", "its tokenizer has only 5 tokens, too few to read any "
                       "language", "max_unread_target_chars=1")
     assert "target language" not in line
+
+
+# ------------------------------------------------------------ large values
+class HugeFirstReward:
+    """1e300 for the first sample of every call (finite in float64, inf in float32), 0.5 for the others."""
+
+    name = "custom"
+
+    def __call__(self, prompts, completions, examples):
+        values = [1e300] + [0.5] * (len(completions) - 1)
+        return RewardOutput(values, {"custom": values})
+
+
+def test_a_reward_beyond_float32_is_counted_as_a_failure(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, grpo_args(out, "max_steps=1", "dev_limit=0"), grpo_main_with(HugeFirstReward()))
+    assert code == 0, err
+    (row,) = [row for row in read_metrics(out / "metrics.jsonl") if "reward_failures" in row]
+    assert row["reward_failures"] == 1 and row["reward"] == 0.5
+
+
+def test_an_lr_that_stops_every_update_is_warned_about_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match=r"step 2: every optimizer step was skipped .* the run stops after "
+                                         r"max_skipped_steps = 5 in a row") as caught:
+        code, _, err = run_cli(capsys, grpo_args(out, "max_steps=4", "lr=1e30"))
+    assert code == 0, err
+    assert len([w for w in caught if "every optimizer step was skipped" in str(w.message)]) == 1
+    # ... and stops after max_skipped_steps, as for NaN.
+    code, _, err = run_cli(capsys, grpo_args(tmp_path / "other", "max_steps=4", "lr=1e30", "max_skipped_steps=2"))
+    error_line(code, err, "2 consecutive optimizer steps had a non-finite loss or gradient norm")
+
+
+def test_an_lr_torch_cannot_apply_is_refused_in_one_line(tmp_path, capsys):
+    error_line(*run_cli(capsys, grpo_args(tmp_path / "run", "lr=1e38"))[::2],
+               "config key 'lr' must be small enough for AdamW's first step")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_step_that_leaves_a_weight_infinite_stops_the_run(tmp_path):
+    import torch
+
+    from grpo.guards import NonFiniteGuard, NonFiniteWeights
+    from grpo.training_run import clip_and_step
+
+    class Overflows(torch.optim.SGD):
+        def step(self, closure=None):
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))  # what fp16 weights do under a huge lr
+
+    model = torch.nn.Linear(2, 1)
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer = Overflows(model.parameters(), lr=1e4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    with pytest.raises(NonFiniteWeights, match=r"an optimizer step left weights that are inf or NaN \(lr = 10000\); "
+                                               "nothing trained from them can be used, and they are not saved"):
+        clip_and_step(model, optimizer, scheduler, 1.0, 1.0, NonFiniteGuard(5))
