@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import math
+import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,7 +56,8 @@ def start_run(cfg) -> Run:
     """Threads, process group, seeds and the run folder: the first lines of every training loop.
 
     torch is seeded alike on every rank, so that the model and its LoRA
-    initialisation are the same everywhere; numpy per rank.
+    initialisation are the same everywhere; numpy and Python's `random` (which
+    a custom reward may use) per rank.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -66,6 +68,7 @@ def start_run(cfg) -> Run:
         cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
     run_dir, resume_from = prepare_run_dir(cfg)
     return Run(cfg, requested, rank, world_size, run_dir, resume_from)
 

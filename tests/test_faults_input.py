@@ -10,6 +10,7 @@ user would meet the fault (helpers from test_faults).
   - alignment_tax checks its drift texts before any model is evaluated
   - an encoder whose tokenizer is a placeholder is refused for what it is
   - a reward too large for float32 is counted as a failure; an lr that stops training is said, not hidden
+  - Python's `random` is seeded from `seed`, so a reward that uses it repeats between fresh runs
 """
 
 import errno
@@ -207,3 +208,33 @@ def test_a_step_that_leaves_a_weight_infinite_stops_the_run(tmp_path):
     with pytest.raises(NonFiniteWeights, match=r"an optimizer step left weights that are inf or NaN \(lr = 10000\); "
                                                "nothing trained from them can be used, and they are not saved"):
         clip_and_step(model, optimizer, scheduler, 1.0, 1.0, NonFiniteGuard(5))
+
+
+# ------------------------------------------------------------------ seeds
+class RandomReward:
+    """A reward drawn from Python's `random`, recording what it drew."""
+
+    name = "custom"
+
+    def __init__(self):
+        self.drawn = []
+
+    def __call__(self, prompts, completions, examples):
+        import random
+
+        values = [random.random() for _ in completions]
+        self.drawn.extend(values)
+        return RewardOutput(values, {"custom": values})
+
+
+def test_a_reward_using_python_random_repeats_between_fresh_runs(tmp_path, capsys):
+    import random
+
+    drawn = []
+    for attempt in range(2):
+        random.seed(1000 + attempt)  # whatever the process did before
+        reward = RandomReward()
+        code, _, err = run_cli(capsys, grpo_args(tmp_path / f"run{attempt}", "max_steps=2"), grpo_main_with(reward))
+        assert code == 0, err
+        drawn.append(reward.drawn)
+    assert drawn[0] == drawn[1] and len(drawn[0]) > 4
