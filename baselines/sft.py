@@ -46,14 +46,17 @@ from grpo.models import load_model
 from grpo.training_run import (
     Checkpointer,
     ExampleSampler,
+    PromptRoom,
     begin_logging,
     clip_and_step,
+    data_digests,
     finish_run,
     is_due,
     load_resume_state,
     load_task_examples,
     make_optimizer,
     start_run,
+    stop_if_terminated,
     trainable_parameters,
     warmup_cosine,
     write_eval_rows,
@@ -257,7 +260,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     cfg = run.cfg
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
     state = load_resume_state(run, model)
-    train_examples, dev_examples = load_task_examples(cfg, tokenizer)
+    train_examples, dev_examples = load_task_examples(
+        cfg, tokenizer, room=PromptRoom.of(model, "max_target_tokens", cfg.max_target_tokens))
     train = [tokenize_example(tokenizer, e, cfg.max_target_tokens) for e in train_examples]
     dev = [tokenize_example(tokenizer, e, cfg.max_target_tokens) for e in dev_examples]
     pad_id = tokenizer.pad_token_id
@@ -267,7 +271,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, steps, cfg.min_lr_ratio)
     sampler = ExampleSampler(len(train), cfg.seed)
     guard = NonFiniteGuard(cfg.max_skipped_steps)
-    checkpoints = Checkpointer(run, model, tokenizer, optimizer, scheduler, sampler)
+    checkpoints = Checkpointer(run, model, tokenizer, optimizer, scheduler, sampler,
+                               data_files=data_digests(run.requested))
     start_step = checkpoints.restore(state)
 
     logger = begin_logging(run, steps, start_step, bar_keys=("loss", "eval/loss"))
@@ -294,6 +299,7 @@ def train_sft(cfg: SFTConfig) -> Path:
             checkpoints.save(step)  # skipped steps changed nothing: these are the last good weights
             logger.close()
             raise
+        guard.note_step(step, int(skipped), 1)
         seconds = time.perf_counter() - started
         logger.log(step, {
             "loss": loss,
@@ -311,8 +317,10 @@ def train_sft(cfg: SFTConfig) -> Path:
         if dev and is_due(step, cfg.eval_every, steps) and dist.is_main():
             logger.log(step, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run.run_dir, step), advance=False)
 
-        if is_due(step, cfg.save_every, steps):
+        saved = is_due(step, cfg.save_every, steps)
+        if saved:
             checkpoints.save(step)
+        stop_if_terminated(checkpoints, step, steps, saved)
 
     logger.close()
     finish_run(run.run_dir)

@@ -133,8 +133,8 @@ def prompts_cut_to(prompt_tokens: int):
 
     load = trainer.load_task_examples
     if prompt_tokens:
-        trainer.load_task_examples = lambda cfg, tokenizer: (
-            cut_prompts(load(cfg, tokenizer)[0], tokenizer, prompt_tokens), [])
+        trainer.load_task_examples = lambda cfg, tokenizer, **room: (
+            cut_prompts(load(cfg, tokenizer, **room)[0], tokenizer, prompt_tokens), [])
     try:
         yield
     finally:

@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.drift import DriftResult, check_same_tokenizer
+from eval.drift import DriftResult, check_same_tokenizer, load_drift_texts
 from eval.suite import DEFAULT_SUITE, Suite, load_suite
 from grpo.checkpoint import latest_checkpoint
-from grpo.errors import ModelError, UserError
+from grpo.errors import DataError, ModelError, UserError
 from grpo.models import BUILTIN_MODELS, DTYPES, TINY_MODEL, load_model, load_tokenizer
 
 DEFAULT_OUT_DIR = Path("runs") / "alignment-tax"
@@ -69,6 +69,17 @@ def check_models(args) -> None:
     base_tokenizer = _tokenizer_of("--base", args.base, args.base)
     for spec in args.tuned:
         check_same_tokenizer(base_tokenizer, _tokenizer_of("--tuned", spec, resolve_tuned(spec)), spec)
+
+
+def check_drift_texts(suite: Suite) -> None:
+    """Before any evaluation: every drift probe has texts (an empty file was found only after both models' benchmarks)."""
+    for name, probe in suite.drift.items():
+        try:
+            texts = load_drift_texts(probe.texts, probe.max_texts)
+        except UserError as err:
+            raise DataError(f"{suite.path}: drift probe [{name}]: {err}") from None
+        if not texts:
+            raise DataError(f"{suite.path}: drift probe [{name}]: no texts in '{probe.texts}'")
 
 
 def _tokenizer_of(option: str, spec: str, resolved: str):
@@ -308,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         suite = load_suite(args.suite)
         check_models(args)
+        if args.tuned:  # drift compares a tuned model with the base
+            check_drift_texts(suite)
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
         report, drift_results = measure(args, suite, out_dir)

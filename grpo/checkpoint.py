@@ -4,7 +4,9 @@ A checkpoint is a folder `<run_dir>/checkpoints/step-NNNNNN/` holding
 * the model in `save_pretrained` format, or only the LoRA adapter in PEFT's
   layout, plus the tokenizer, so the folder loads with `load_model`;
 * `trainer_state.pt`: step, optimizer, scheduler, RNG states, data position
-  and anything else the trainer passes in `state`;
+  and anything else the trainer passes in `state`, as tensors and plain
+  Python values only: it is read with `torch.load(weights_only=True)`, so a
+  state file that would run code when unpickled is refused, not run;
 * `manifest.json`: the size and SHA-256 of every other file, checked before
   a resume (`verify_checkpoint`), so that a file damaged after the save
   (truncated, emptied, overwritten in place) is caught instead of trained on.
@@ -25,6 +27,7 @@ import errno
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +47,9 @@ from grpo import lora
 from grpo.errors import CheckpointError
 
 STATE_FILE = "trainer_state.pt"
+# The trainer state's "format": 2 since checkpoints always carry a manifest and hold only plain values.
+# A checkpoint without one (format 1) predates manifests; a format-2 checkpoint without a manifest is damaged.
+STATE_FORMAT = 2
 MANIFEST_FILE = "manifest.json"
 FINAL_LINK = "final"
 
@@ -105,9 +111,12 @@ def save_model_folder(model, tokenizer, folder: Path, weights: dict[str, torch.T
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every RNG state of this process, as tensors and plain values (what a weights-only load reads back)."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()  # an ndarray would need numpy's unpickler
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": numpy_state,
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "generator": generator.get_state() if generator is not None else None,
@@ -115,6 +124,7 @@ def rng_state(generator: torch.Generator | None = None) -> dict:
 
 
 def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    """Put back what `rng_state` saved (numpy's state as a dict, or as the tuple older checkpoints hold)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -137,7 +147,7 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_model_folder(model, tokenizer, tmp, weights)
-        torch.save({**state, "step": step}, tmp / STATE_FILE)
+        torch.save({**state, "step": step, "format": STATE_FORMAT}, tmp / STATE_FILE)
         write_manifest(tmp)
         _fsync_tree(tmp)
     except Exception as error:
@@ -208,13 +218,18 @@ def verify_checkpoint(folder: Path) -> bool:
 
     Sizes are compared first (a truncated or emptied file costs no hashing),
     then digests. Returns False for a checkpoint written before manifests
-    existed (nothing to check it against), True when it verified.
+    existed (nothing to check it against), True when it verified. A
+    checkpoint whose state says it was written with a manifest and has none
+    is damaged.
     """
     folder = Path(folder)
     manifest_path = folder / MANIFEST_FILE
     if not manifest_path.exists():
         if not (folder / STATE_FILE).exists():
             raise CheckpointError(f"'{folder}' is not a checkpoint: it has neither {MANIFEST_FILE} nor {STATE_FILE}")
+        if load_trainer_state(folder).get("format", 1) >= 2:
+            raise CheckpointError(f"checkpoint {folder} is damaged: {MANIFEST_FILE} is missing (every checkpoint "
+                                  "written since manifests exist has one)")
         return False
     try:
         files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
@@ -257,10 +272,10 @@ UNVERIFIED_NOTE = ("checkpoint {checkpoint} has no " + MANIFEST_FILE
                    + " (it predates checkpoint manifests), so it is used without verifying it")
 
 
-def newest_intact_checkpoint(run_dir) -> Path | None:
+def newest_intact_checkpoint(run_dir, advice: str = "start again with overwrite=true") -> Path | None:
     """The newest checkpoint of a run that verifies (`resume=auto`), printing each damaged one it passes over.
 
-    None when the run has no checkpoint; CheckpointError when it has some and none verifies.
+    None when the run has no checkpoint; CheckpointError, ending with `advice`, when it has some and none verifies.
     """
     damaged = []
     for checkpoint in reversed(list_checkpoints(run_dir)):
@@ -276,30 +291,57 @@ def newest_intact_checkpoint(run_dir) -> Path | None:
             print(UNVERIFIED_NOTE.format(checkpoint=checkpoint))
         return checkpoint
     if damaged:
-        raise CheckpointError(f"no checkpoint of '{run_dir}' verifies ({'; '.join(damaged)}); "
-                              "start again with overwrite=true")
+        raise CheckpointError(f"no checkpoint of '{run_dir}' verifies ({'; '.join(damaged)}); {advice}")
     return None
 
 
-def what_is_left(run_dir) -> str:
-    """After a failed write: which checkpoint is intact, and how to go on."""
-    previous = latest_checkpoint(run_dir)
+def what_is_left(run_dir, fix: str = "free space") -> str:
+    """After a failed write: which checkpoint is intact, and how to go on once the user did `fix`."""
+    previous = latest_checkpoint(run_dir) if Path(run_dir).is_dir() else None
     if previous is None:
-        return "no checkpoint had been written yet: free space, then start again with overwrite=true"
-    return f"the previous checkpoint {previous} is intact: free space, then continue with resume=auto"
+        return f"no checkpoint had been written yet: {fix}, then start again with overwrite=true"
+    return f"the previous checkpoint {previous} is intact: {fix}, then continue with resume=auto"
+
+
+# Besides tensors and plain values, the one thing a trainer state may hold: numpy arrays, which checkpoints
+# written before the RNG states were stored as lists carry (numpy's RNG key).
+OLDER_STATE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
-    """The trainer state of a checkpoint; CheckpointError naming the file if it is missing or unreadable."""
+    """The trainer state of a checkpoint; CheckpointError naming the file if it is missing, unreadable or unsafe.
+
+    Read weights-only: unpickling may build tensors and plain values (and the
+    numpy arrays of OLDER_STATE_GLOBALS) and call nothing else. A resume
+    folder can come from anywhere, and its manifest proves nothing, since
+    whoever edits the state file can rewrite the manifest too.
+    """
     path = Path(checkpoint) / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"checkpoint {checkpoint} is damaged: {STATE_FILE} is missing")
     try:
-        # Our own file, holding optimizer state and RNG tuples: not weights-only.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch reports a torn file as RuntimeError, EOFError, KeyError, UnpicklingError...
+        with torch.serialization.safe_globals(OLDER_STATE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = _unsafe_globals(path)
+        if not unsafe:
+            raise CheckpointError(f"checkpoint {checkpoint} is damaged: {STATE_FILE} cannot be read "
+                                  f"({_first_line(error)})") from None
+        raise CheckpointError(f"checkpoint {checkpoint}: {STATE_FILE} refers to {', '.join(unsafe)}, which a "
+                              "trainer state never holds; it was not loaded, since unpickling it could run code. "
+                              "Resume only from checkpoints this program wrote") from None
+    except Exception as error:  # torch reports a torn file as RuntimeError, EOFError, KeyError...
         raise CheckpointError(f"checkpoint {checkpoint} is damaged: {STATE_FILE} cannot be read "
                               f"({_first_line(error)})") from None
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The functions and classes a state file names beyond what a weights-only load allows (none when unreadable)."""
+    try:
+        allowed = {f"{g.__module__}.{g.__qualname__}" for g in OLDER_STATE_GLOBALS}
+        return [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path) if name not in allowed]
+    except Exception:  # noqa: BLE001 - a file too torn to list is reported as damaged
+        return []
 
 
 def load_policy_weights(model, checkpoint: Path) -> None:

@@ -12,7 +12,9 @@ object, and this module builds the one the config describes.
 from __future__ import annotations
 
 import errno
+import signal
 import sys
+from pathlib import Path
 
 from grpo import distributed as dist
 from grpo import run_folder
@@ -50,8 +52,12 @@ def train_grpo(cfg: GRPOConfig):
 
 
 def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
-    """The optional preset file (first argument without '=') and the key=value overrides."""
-    preset = argv[0] if argv and "=" not in argv[0] else None
+    """The optional preset file and the key=value overrides.
+
+    The first argument is the preset when it is an existing file (its path may
+    hold '=': runs/lr=1e-4/config.toml) or has no '='.
+    """
+    preset = argv[0] if argv and (Path(argv[0]).is_file() or "=" not in argv[0]) else None
     return preset, argv[1:] if preset else argv
 
 
@@ -73,13 +79,30 @@ def main(argv: list[str] | None = None, config_class=GRPOConfig, run=train_grpo,
     except KeyboardInterrupt:
         print(run_folder.interrupted_note(cfg.out_dir) if cfg is not None else "interrupted", file=sys.stderr)
         return 130
+    except run_folder.Terminated as stop:
+        if dist.is_main():
+            print(stop, file=sys.stderr)
+        return 128 + signal.SIGTERM
     except OSError as err:
         # A checkpoint write says so itself (CheckpointError); this is any other write: metrics, eval outputs.
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or cfg is None:
+        if cfg is None or not (err.errno in (errno.ENOSPC, errno.EDQUOT) or unwritable_path(err)):
             raise
         from grpo.checkpoint import what_is_left
 
-        print(f"error: disk full ({err.strerror}{f': {err.filename}' if err.filename else ''}); "
-              f"{what_is_left(cfg.out_dir)}", file=sys.stderr)
+        if unwritable_path(err):
+            print(f"error: cannot write '{err.filename}' ({err.strerror}); "
+                  f"{what_is_left(cfg.out_dir, 'make it writable')}", file=sys.stderr)
+        else:
+            print(f"error: disk full ({err.strerror}{f': {err.filename}' if err.filename else ''}); "
+                  f"{what_is_left(cfg.out_dir)}", file=sys.stderr)
         return 2
     return 0
+
+
+# Errors of the file system, not of the program: a read-only mount, a permission, a file where a folder should be.
+PATH_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
+
+
+def unwritable_path(err: OSError) -> bool:
+    """Whether an OSError is a path the run cannot write, which the message can name."""
+    return err.errno in PATH_ERRNOS and bool(err.filename)

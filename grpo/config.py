@@ -207,6 +207,7 @@ def save_config(config, path: str | Path) -> None:
 # The fields every trainer shares: run folder, model, LoRA, data.
 # --------------------------------------------------------------------------
 REPORTERS = ("tensorboard",)
+FLOAT32_MAX = 3.4028234663852886e38
 # Reward terms the config knows besides custom_rewards: rewards/factory.py's and the trainer's overlong penalty.
 REWARD_TERMS = ("semantic", "language", "bleu", "chrf", "length", "length_ratio", "repetition", "custom", "overlong")
 
@@ -269,6 +270,9 @@ class RunConfig:
         check(self.weight_decay >= 0, "weight_decay", "be >= 0", self.weight_decay)
         check(0 <= self.adam_beta1 < 1, "adam_beta1", "be in [0, 1)", self.adam_beta1)
         check(0 <= self.adam_beta2 < 1, "adam_beta2", "be in [0, 1)", self.adam_beta2)
+        # AdamW's first step moves a weight by lr / (1 - adam_beta1), which torch must hold in a float32.
+        check(self.lr / (1 - self.adam_beta1) < FLOAT32_MAX, "lr",
+              "be small enough for AdamW's first step, lr / (1 - adam_beta1), to fit a float32 (3.4e38)", self.lr)
         check(self.warmup_steps >= 0, "warmup_steps", "be >= 0", self.warmup_steps)
         check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "be in [0, 1]", self.min_lr_ratio)
         check(self.max_grad_norm >= 0, "max_grad_norm", "be >= 0", self.max_grad_norm)

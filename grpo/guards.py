@@ -16,12 +16,19 @@ import numpy as np
 from grpo.errors import UserError
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class RewardFailure(UserError):
     """Too many samples of a step could not be scored."""
 
 
 class TooManySkippedSteps(UserError):
     """The optimizer skipped this many consecutive non-finite steps."""
+
+
+class NonFiniteWeights(UserError):
+    """An optimizer step left a weight inf or NaN: nothing after it can be trained or saved."""
 
 
 def score_with_fallback(reward_fn, prompts: list[str], completions: list[str], examples: list[dict]):
@@ -53,6 +60,10 @@ def score_with_fallback(reward_fn, prompts: list[str], completions: list[str], e
     for i in np.flatnonzero(~np.isfinite(values)):
         errors.setdefault(int(i), f"non-finite reward {values[i]}")
         values[i] = np.nan
+    # The trainer works in float32: a larger reward would become inf there and be dropped without a count.
+    for i in np.flatnonzero(np.abs(values) > FLOAT32_MAX):
+        errors[int(i)] = f"reward {values[i]:.3g} is beyond float32 (|r| > {FLOAT32_MAX:.3g})"
+        values[i] = np.nan
     return values, components, errors
 
 
@@ -79,6 +90,7 @@ class NonFiniteGuard:
         self.max_consecutive = max_consecutive
         self.consecutive = 0
         self.total = 0
+        self.warned = False
 
     def is_finite(self, loss: float, grad_norm: float) -> bool:
         return math.isfinite(loss) and math.isfinite(grad_norm)
@@ -96,3 +108,16 @@ class NonFiniteGuard:
                 f"(max_skipped_steps = {self.max_consecutive}); the last good state is in the final checkpoint. "
                 "Lower lr, check the reward for extreme values, or use bfloat16 instead of float16."
             )
+
+    def note_step(self, step: int, skipped: int, optimizer_steps: int) -> None:
+        """Warn once when every optimizer step of a training step was skipped: its weights did not move at all.
+
+        A run shorter than max_skipped_steps would otherwise end with exit 0 and no word.
+        """
+        if self.warned or skipped < optimizer_steps:
+            return
+        self.warned = True
+        warnings.warn(f"step {step}: every optimizer step was skipped for a non-finite loss or gradient norm, so the "
+                      f"weights did not change; the run stops after max_skipped_steps = {self.max_consecutive} in a "
+                      "row. Lower lr, or check the reward for extreme values")
+

@@ -4,17 +4,25 @@
   whole life. A second process naming the same out_dir is refused at once,
   with the holder's pid. The kernel drops the lock when its process ends,
   however it ends, so a killed run leaves no lock behind.
-* `overwrite = true` does not delete the old run at start-up. Once the new
-  run has loaded its model, data and reward (so a typo cannot cost the old
-  run), the old run's files move into `<out_dir>/.replaced/`. They are
-  deleted when the new run writes its first checkpoint and put back if it
-  stops before that. A start-up that finds `.replaced/` left by a killed
-  process settles it first: deleted if that run got to a checkpoint, put
-  back otherwise.
+* `overwrite = true` replaces only what a run writes (RUN_ENTRIES: its
+  config, metrics, checkpoints, evaluations...); anything else in the folder
+  (notes, plots, another run in a subfolder) is left in place and named. A
+  subfolder holding a live run's lock refuses the overwrite.
+* The old run is not deleted at start-up. Once the new run has loaded its
+  model, data and reward (so a typo cannot cost the old run), the old run's
+  entries move into `<out_dir>/.replaced/`. They are deleted when the new run
+  writes its first checkpoint and put back if it stops before that. A
+  start-up that finds `.replaced/` left by a killed process settles it
+  first: deleted if that run got to a checkpoint, put back otherwise.
+
+* SIGTERM, which cluster schedulers send some time before they kill, asks
+  the run to stop once its step is done: it saves a checkpoint of that step,
+  says what to run to continue, and exits with 143. A second SIGTERM stops
+  at once, as Ctrl-C does.
 
 Under torchrun only rank 0 calls these; the trainers wrap themselves in
 `holds_run_dir`, which puts an old run back and releases the lock whatever
-way they end.
+way they end, and within which SIGTERM asks for a stop.
 """
 
 from __future__ import annotations
@@ -23,6 +31,11 @@ import fcntl
 import functools
 import os
 import shutil
+import signal
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from grpo.errors import ConfigError
@@ -33,6 +46,10 @@ REPLACED = ".replaced"
 # Written into REPLACED once every entry of the old run is in it: without it a
 # start-up knows the move itself was interrupted and nothing of the new run exists yet.
 SET_ASIDE_DONE = ".complete"
+# What a training run writes into its folder (training_run, metrics, checkpoint), temporary files included:
+# all that overwrite = true replaces.
+RUN_ENTRIES = frozenset({"config.toml", "metrics.jsonl", "metrics.jsonl.tmp", "checkpoints", "final", ".final.tmp",
+                         "eval", "completions", "tensorboard"})
 
 
 class _Claim:
@@ -58,8 +75,14 @@ def lock(run_dir) -> None:
     Then settle a `.replaced/` folder that a killed overwrite left behind.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock_file = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"out_dir '{run_dir}' is a file, not a folder; choose another out_dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock_file = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"out_dir '{run_dir}' cannot be written ({error.strerror}: '{error.filename}'); "
+                          "choose another out_dir") from None
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -78,16 +101,28 @@ def lock(run_dir) -> None:
 
 
 def replace_on_start(run_dir) -> None:
-    """Mark the old run in this folder for replacement, done by `start` once the new run can start."""
+    """Mark the old run in this folder for replacement, done by `start` once the new run can start.
+
+    ConfigError naming the subfolder when a live run is inside this one.
+    """
+    refuse_live_runs_below(Path(run_dir))
     _claims[_key(run_dir)].replace_on_start = True
 
 
 def start(run_dir) -> None:
-    """The new run is about to write: move the old run (when replacing one) into `.replaced/`."""
+    """The new run is about to write: move the old run (when replacing one) into `.replaced/`.
+
+    Only the old run's own entries move; what else the folder holds is named and stays.
+    """
     claim = _claims.get(_key(run_dir))
     if claim is None or not claim.replace_on_start:
         return
     run_dir = Path(run_dir)
+    refuse_live_runs_below(run_dir)  # one may have started while the new run loaded its model
+    kept = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ENTRIES | {LOCK_FILE, REPLACED})
+    if kept:
+        print(f"overwrite=true replaces the run in '{run_dir}'; left in place, since no run writes them: "
+              + ", ".join(kept))
     aside = run_dir / REPLACED
     aside.mkdir()
     for entry in _run_entries(run_dir):
@@ -125,12 +160,51 @@ def holds_run_dir(train):
     @functools.wraps(train)
     def wrapper(cfg, *args, **kwargs):
         try:
-            return train(cfg, *args, **kwargs)
+            with stop_on_sigterm():
+                return train(cfg, *args, **kwargs)
         finally:
             close_open_loggers()
             release(cfg.out_dir)
 
     return wrapper
+
+
+class Terminated(Exception):
+    """The run stopped on SIGTERM after saving a checkpoint; the message says how to continue."""
+
+
+_sigterm = threading.Event()
+
+
+@contextmanager
+def stop_on_sigterm():
+    """Within the block a SIGTERM sets `sigterm_received` (the loop stops after its step); a second one stops at once.
+
+    The first cannot stop at once: the weights may be half-way through a step,
+    and a checkpoint of them would not resume exactly.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def handler(signum, frame):
+        if _sigterm.is_set():
+            raise KeyboardInterrupt
+        _sigterm.set()
+        print("SIGTERM: stopping once this step is done, with a checkpoint; a second SIGTERM stops at once",
+              file=sys.stderr, flush=True)
+
+    _sigterm.clear()
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _sigterm.clear()
+
+
+def sigterm_received() -> bool:
+    return _sigterm.is_set()
 
 
 def interrupted_note(out_dir) -> str:
@@ -147,9 +221,43 @@ def interrupted_note(out_dir) -> str:
     return f"interrupted; continue from {latest} with resume=auto"
 
 
+def refuse_unwritable(folder: Path, what: str) -> None:
+    """ConfigError naming `folder` when it exists and a file cannot be created in it: checked before a model loads."""
+    if not folder.exists():
+        return  # created inside the run folder, which the lock proved writable
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{what} '{folder}' is not a writable folder ({error.strerror}); "
+                          "remove it or make it writable, or choose another out_dir") from None
+
+
 def _run_entries(run_dir: Path) -> list[Path]:
-    """Everything in the folder that belongs to a run (not the lock, not a replaced run)."""
-    return sorted(p for p in run_dir.iterdir() if p.name not in (LOCK_FILE, REPLACED))
+    """The entries of the folder that a run wrote (RUN_ENTRIES): what an overwrite moves aside and puts back."""
+    return sorted(p for p in run_dir.iterdir() if p.name in RUN_ENTRIES)
+
+
+def refuse_live_runs_below(run_dir: Path) -> None:
+    """ConfigError naming the first subfolder whose run lock is held by a live process."""
+    for lock_path in sorted(run_dir.rglob(LOCK_FILE)):
+        if lock_path.parent == run_dir or not lock_path.is_file():
+            continue
+        holder = _live_holder(lock_path)
+        if holder is not None:
+            raise ConfigError(f"overwrite=true refused: '{lock_path.parent}' inside out_dir '{run_dir}' holds a "
+                              f"run that is still going (pid {holder}); wait for it to end, or choose another out_dir")
+
+
+def _live_holder(lock_path: Path) -> str | None:
+    """The pid written in a run lock that a live process holds; None when nobody holds it."""
+    with open(lock_path, encoding="utf-8", errors="replace") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lock_file.read().strip() or "unknown"
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        return None
 
 
 def _put_back(run_dir: Path) -> None:

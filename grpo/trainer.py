@@ -44,16 +44,19 @@ from grpo.training_run import (
     Checkpointer,
     ExampleSampler,
     PhaseTimer,
+    PromptRoom,
     Run,
     autocast,
     begin_logging,
     clip_and_step,
+    data_digests,
     finish_run,
     is_due,
     load_resume_state,
     load_task_examples,
     make_optimizer,
     start_run,
+    stop_if_terminated,
     trainable_parameters,
     warmup_cosine,
     write_eval_rows,
@@ -470,7 +473,9 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
     state = load_resume_state(place, model)
     if cfg.fsdp:
         dist.shard_model(model)
-    train_examples, dev_examples = load_task_examples(cfg, tokenizer)
+    completion_key = max(("max_new_tokens", "eval_max_new_tokens"), key=lambda key: getattr(cfg, key))
+    train_examples, dev_examples = load_task_examples(
+        cfg, tokenizer, room=PromptRoom.of(model, completion_key, getattr(cfg, completion_key)))
     refuse_unreadable_targets(reward_fn, [e["target"] for e in train_examples], cfg.max_unread_target_chars)
 
     optimizer = make_optimizer(model, cfg)
@@ -479,7 +484,8 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
     # On the model's device: torch.multinomial on a GPU needs a GPU generator.
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + place.rank)
     sampler = ExampleSampler(len(train_examples), cfg.seed)
-    checkpoints = Checkpointer(place, model, tokenizer, optimizer, scheduler, sampler, generator)
+    checkpoints = Checkpointer(place, model, tokenizer, optimizer, scheduler, sampler, generator,
+                               data_files=data_digests(place.requested))
     start_step = checkpoints.restore(state)
     logger = begin_logging(place, cfg.max_steps, start_step, bar_keys=("reward", "kl", "eval/reward"))
     logger.message(f"run folder: {place.run_dir}  |  {len(train_examples)} train / {len(dev_examples)} dev examples"
@@ -549,6 +555,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable) -> Path:
                 run.checkpoints.save(step)
                 logger.close()
                 raise
+            run.guard.note_step(step, update.skipped, len(update.loss))
 
         # 7. Metrics (reward statistics over the global batch), and the sampled completions now and then.
         logger.log(step, step_metrics(run, scored, advantages, zero_std, update, sampling_stats, timer))
@@ -560,9 +567,11 @@ def train(cfg: GRPOConfig, reward_fn: Callable) -> Path:
         if run.dev_examples and is_due(step, cfg.eval_every, cfg.max_steps) and run.evaluates_here:
             logger.log(step, evaluate(run, step), advance=False)
 
-        # 9. Checkpoint.
-        if is_due(step, cfg.save_every, cfg.max_steps):
+        # 9. Checkpoint, and after a SIGTERM one in any case, then stop.
+        saved = is_due(step, cfg.save_every, cfg.max_steps)
+        if saved:
             run.checkpoints.save(step)
+        stop_if_terminated(run.checkpoints, step, cfg.max_steps, saved)
 
     logger.close()
     finish_run(run.place.run_dir)

@@ -15,8 +15,10 @@ their run folder, resume and checkpoint in one way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from grpo import run_folder
 from grpo.config import current_name, save_config, to_dict
 from grpo.data import keep_short_prompts, make_examples, read_jsonl, split_path
 from grpo.errors import CheckpointError, ConfigError, DataError
-from grpo.guards import NonFiniteGuard
+from grpo.guards import NonFiniteGuard, NonFiniteWeights
 from grpo.metrics import MetricsLogger
 
 
@@ -54,7 +56,8 @@ def start_run(cfg) -> Run:
     """Threads, process group, seeds and the run folder: the first lines of every training loop.
 
     torch is seeded alike on every rank, so that the model and its LoRA
-    initialisation are the same everywhere; numpy per rank.
+    initialisation are the same everywhere; numpy and Python's `random` (which
+    a custom reward may use) per rank.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -65,6 +68,7 @@ def start_run(cfg) -> Run:
         cfg = dataclasses.replace(cfg, device=dist.local_device(cfg.device))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
     run_dir, resume_from = prepare_run_dir(cfg)
     return Run(cfg, requested, rank, world_size, run_dir, resume_from)
 
@@ -72,7 +76,10 @@ def start_run(cfg) -> Run:
 def resume_checkpoint(cfg, run_dir: Path) -> Path | None:
     """The verified checkpoint `resume` names: the run's newest intact one for "auto", a folder, or None."""
     if cfg.resume == "auto":
-        return ckpt.newest_intact_checkpoint(run_dir)
+        # With overwrite=true already given, the way out is to leave resume=auto off.
+        advice = ("to start the run again, run the same command without resume=auto (overwrite=true replaces the "
+                  "run once the new one has a checkpoint)" if cfg.overwrite else "start again with overwrite=true")
+        return ckpt.newest_intact_checkpoint(run_dir, advice)
     if not cfg.resume:
         return None
     try:
@@ -97,8 +104,12 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
 
 def _claim_run_dir(cfg, run_dir: Path) -> Path | None:
     run_folder.lock(run_dir)
+    if "tensorboard" in cfg.report_to:
+        run_folder.refuse_unwritable(run_dir / "tensorboard", "the TensorBoard folder")
     resume_from = resume_checkpoint(cfg, run_dir)
     holds_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    if cfg.resume == "auto" and not holds_run:
+        print(f"resume=auto: no run to resume in '{run_dir}'; starting fresh")
     if holds_run and resume_from is None:
         if cfg.resume == "auto" and not cfg.overwrite:
             raise ConfigError(f"out_dir '{run_dir}' holds a run without a checkpoint to resume from; "
@@ -136,11 +147,64 @@ def finish_run(run_dir: Path) -> None:
 # --------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------
-def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
+@dataclass(frozen=True)
+class PromptRoom:
+    """How many prompt tokens the model has positions for: its position limit less what is generated after them."""
+
+    positions: int          # the model's max_position_embeddings
+    completion_key: str     # the config key of the tokens after the prompt ("max_new_tokens")
+    completion_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.positions - self.completion_tokens
+
+    @classmethod
+    def of(cls, model, completion_key: str, completion_tokens: int) -> PromptRoom | None:
+        """The model's room (None when its config names no position limit); ConfigError when none is left."""
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if not isinstance(positions, int) or positions <= 0:
+            return None
+        if completion_tokens >= positions:
+            raise ConfigError(f"{completion_key} = {completion_tokens} leaves no room for a prompt: the model has "
+                              f"{positions} positions (max_position_embeddings)")
+        return cls(positions, completion_key, completion_tokens)
+
+
+def refuse_prompts_beyond(room: PromptRoom, examples: list[dict], tokenizer, path: Path,
+                          max_prompt_tokens: int = 0) -> None:
+    """DataError naming the file and line of the first prompt longer than the model can take.
+
+    Such a prompt fails mid-run (or asks for terabytes); `max_prompt_tokens`
+    is the way to leave such examples out, and those it leaves out pass here. Only prompts with more UTF-8 bytes
+    than the room are tokenized: a token covers at least one byte, and the few
+    a tokenizer adds are allowed for.
+    """
+    spare = 16  # tokens a tokenizer may add that cover no byte (a dummy prefix)
+    for index, example in enumerate(examples):
+        if len(example["prompt"].encode("utf-8")) + spare <= room.tokens:
+            continue
+        tokens = len(tokenizer(example["prompt"], add_special_tokens=False).input_ids)
+        if tokens > room.tokens and not 0 < max_prompt_tokens < tokens:
+            raise DataError(f"{path}:{data_line(path, index)}: the prompt has {tokens} tokens; the model takes "
+                            f"{room.tokens} ({room.positions} positions less {room.completion_key} = "
+                            f"{room.completion_tokens}). Shorten that line, or set max_prompt_tokens = {room.tokens} "
+                            "to leave such examples out")
+
+
+def data_line(path: Path, index: int) -> int | str:
+    """The line number of the `index`-th record of a JSONL file (blank lines hold none, as in read_jsonl)."""
+    with open(path, encoding="utf-8-sig") as f:
+        numbers = (number for number, line in enumerate(f, start=1) if line.strip())
+        return next((number for i, number in enumerate(numbers) if i == index), "?")
+
+
+def load_task_examples(cfg, tokenizer, room: PromptRoom | None = None) -> tuple[list[dict], list[dict]]:
     """Train and dev examples of the configured task.
 
     With `max_prompt_tokens` set, examples with longer prompts are left out
     (and counted on stdout): truncating a source sentence would change the task.
+    A prompt the model has no positions for (`room`) stops the run here, naming its line.
     """
     train_file = split_path(cfg.data, "train")
     if train_file is None:
@@ -149,8 +213,10 @@ def load_task_examples(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
                   data_langs=cfg.data_langs, prompt_format=cfg.prompt_format)
 
     def load(path, limit):
-        examples = keep_short_prompts(make_examples(read_jsonl(path), tokenizer, **common), tokenizer,
-                                      cfg.max_prompt_tokens, path)
+        examples = make_examples(read_jsonl(path), tokenizer, **common)
+        if room is not None:
+            refuse_prompts_beyond(room, examples, tokenizer, path, cfg.max_prompt_tokens)
+        examples = keep_short_prompts(examples, tokenizer, cfg.max_prompt_tokens, path)
         if not examples:
             raise DataError(f"{path}: no examples left (max_prompt_tokens={cfg.max_prompt_tokens})")
         if 0 < limit < len(examples):
@@ -248,12 +314,21 @@ def autocast(cfg):
                           enabled=cfg.mixed_precision == "bf16")
 
 
+def check_weights_finite(parameters: list[torch.nn.Parameter], lr: float) -> None:
+    """NonFiniteWeights (on every rank) when an optimizer step left any weight inf or NaN: an lr far too large."""
+    finite = bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all()) if parameters else True
+    if dist.all_reduce_sum(float(not finite)):
+        raise NonFiniteWeights(f"an optimizer step left weights that are inf or NaN (lr = {lr:g}); nothing trained "
+                               "from them can be used, and they are not saved. Start again with a lower lr")
+
+
 def clip_and_step(model, optimizer, scheduler, loss_value: float, max_grad_norm: float,
                   guard: NonFiniteGuard) -> tuple[float, bool]:
     """Clip the gradient's global norm, then step; a non-finite step is skipped and counted by `guard`.
 
     A NaN or inf would poison AdamW's moments for good, so such a step only
-    advances the schedule; too many in a row raise TooManySkippedSteps.
+    advances the schedule; too many in a row raise TooManySkippedSteps. A step
+    that leaves a weight non-finite raises NonFiniteWeights.
     Returns (grad norm before clipping, skipped).
     """
     grad_norm = float(torch.nn.utils.clip_grad_norm_(
@@ -264,6 +339,7 @@ def clip_and_step(model, optimizer, scheduler, loss_value: float, max_grad_norm:
         optimizer.zero_grad(set_to_none=True)
     else:
         optimizer.step()
+        check_weights_finite(trainable_parameters(model), scheduler.get_last_lr()[0])
     scheduler.step()
     guard.record(skipped)
     return grad_norm, skipped
@@ -315,6 +391,50 @@ def check_resume_matches(cfg, saved_config: dict, checkpoint: Path) -> list[str]
     return reported
 
 
+def data_digests(cfg) -> dict[str, dict]:
+    """Path, size and SHA-256 of the task's train and dev files, as a checkpoint records them for its resume."""
+    digests = {}
+    for split in ("train", "dev"):
+        path = split_path(cfg.data, split)
+        if path is not None and path.is_file():
+            stat = path.stat()
+            digests[split] = {"path": str(path), "size": stat.st_size,
+                              "sha256": _file_digest(str(path), stat.st_size, stat.st_mtime_ns)}
+    return digests
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """A data file's SHA-256, hashed once per version of the file (a resume asks twice: to check and to record)."""
+    return ckpt.file_sha256(Path(path))
+
+
+def check_data_unchanged(cfg, recorded: dict | None, checkpoint: Path) -> None:
+    """Refuse to continue a checkpoint on train or dev data whose content changed since it was written.
+
+    The config check sees only the `data` string: a file edited in place would
+    be trained on silently. A checkpoint from before data was recorded is not checked.
+    """
+    if recorded is None:
+        return
+    now = data_digests(cfg)
+    for split in sorted(set(recorded) | set(now)):
+        then, current = recorded.get(split), now.get(split)
+        if then is not None and current is not None and then["sha256"] == current["sha256"]:
+            continue
+        path = (current or then)["path"]
+        if current is None:
+            how = "is gone"
+        elif then is None:
+            how = "is new"
+        elif then["size"] != current["size"]:
+            how = f"has {current['size']} bytes, {then['size']} when the checkpoint was written"
+        else:
+            how = "has other content than when the checkpoint was written (same size, another SHA-256)"
+        raise ConfigError(f"cannot resume from {checkpoint}: the {split} data '{path}' {how}. Put the file back as "
+                          "it was, or start a new run on the new data")
+
+
 def load_resume_state(run: Run, model) -> dict | None:
     """The checkpoint's trainer state, checked against this run's config, with its weights loaded into `model`.
 
@@ -324,6 +444,7 @@ def load_resume_state(run: Run, model) -> dict | None:
         return None
     state = ckpt.load_trainer_state(run.resume_from)
     check_resume_matches(run.requested, state["config"], run.resume_from)
+    check_data_unchanged(run.requested, state.get("data_files"), run.resume_from)
     ckpt.load_policy_weights(model, run.resume_from)
     return state
 
@@ -343,6 +464,7 @@ class Checkpointer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sampler: ExampleSampler
     generator: torch.Generator | None = None   # the sampling generator, when the loop draws from its own
+    data_files: dict | None = None             # `data_digests` of the data the run loaded, for its resume
 
     def restore(self, state: dict | None) -> int:
         """Load `load_resume_state`'s state (None: a new run); returns the step to continue after.
@@ -372,11 +494,26 @@ class Checkpointer:
         weights, optimizer_state = ckpt.full_weights(self.model), ckpt.optimizer_state(self.model, self.optimizer)
         if dist.is_main():
             state = {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
-                     "sampler": self.sampler.state(), "rng": rng, "config": to_dict(self.run.requested)}
+                     "sampler": self.sampler.state(), "rng": rng, "config": to_dict(self.run.requested),
+                     "data_files": self.data_files}
             ckpt.save_checkpoint(self.run.run_dir, step, self.model, self.tokenizer, state,
                                  keep=self.run.cfg.keep_checkpoints, weights=weights)
             run_folder.commit(self.run.run_dir)
         dist.barrier()
+
+
+def stop_if_terminated(checkpoints: Checkpointer, step: int, last_step: int, saved: bool) -> None:
+    """After a step: when SIGTERM came (on any rank), save this step unless it was just saved, and raise Terminated.
+
+    Every rank calls this, so that all of them stop after the same step. After
+    the last step there is nothing to stop: the run finishes as usual.
+    """
+    if step == last_step or not dist.all_reduce_sum(float(run_folder.sigterm_received())):
+        return
+    if not saved:
+        checkpoints.save(step)
+    raise run_folder.Terminated(f"stopped by SIGTERM after step {step}; continue from "
+                                f"{ckpt.latest_checkpoint(checkpoints.run.run_dir)} with resume=auto")
 
 
 def is_due(step: int, every: int, last_step: int) -> bool:

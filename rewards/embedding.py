@@ -390,6 +390,8 @@ class EmbeddingCosineReward:
 
     # Targets sampled for the start-up check: enough to judge, cheap to tokenize.
     TARGETS_CHECKED = 256
+    # Below this many tokens a tokenizer is not a language's (a placeholder, or the wrong file): said so.
+    MIN_ENCODER_VOCABULARY = 1000
 
     def refuse_unreadable(self, targets: list[str], max_unread: float) -> None:
         """RewardError when the encoder cannot read more than `max_unread` of the targets' characters.
@@ -410,10 +412,14 @@ class EmbeddingCosineReward:
         unread = unread_fraction(sum(f * n for f, n in zip(fractions, chars)), sum(chars))
         if unread > max_unread:
             worst = sample[int(np.argmax(fractions))]
+            vocabulary = len(getattr(self.encoder, "tokenizer", None) or ())
+            cause = (f"its tokenizer has only {vocabulary} tokens, too few to read any language, so the semantic "
+                     "reward would be noise. Check that the encoder folder holds the tokenizer it was trained with"
+                     if 0 < vocabulary < self.MIN_ENCODER_VOCABULARY else
+                     "so the semantic reward would be noise. Use an encoder whose tokenizer covers the target language")
             raise RewardError(
                 f"reward encoder {self.encoder.identity!r} cannot read {unread:.0%} of the characters of "
-                f"{len(sample)} training targets (e.g. {worst[:40]!r}), so the semantic reward would be noise. "
-                "Use an encoder whose tokenizer covers the target language, "
+                f"{len(sample)} training targets (e.g. {worst[:40]!r}): {cause}, "
                 f"or set max_unread_target_chars=1 to train anyway (now {max_unread})"
             )
 

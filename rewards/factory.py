@@ -14,6 +14,7 @@ loads no encoder.
 from __future__ import annotations
 
 import importlib
+import traceback
 from typing import Callable
 
 import numpy as np
@@ -109,10 +110,22 @@ def load_callable(spec: str) -> Callable:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise RewardError(f"cannot import the custom reward module {module_name!r}: {err}") from err
+    except SyntaxError as err:
+        raise RewardError(f"the custom reward module {module_name!r} has a syntax error: {err.filename}:{err.lineno}: "
+                          f"{err.msg}") from None
+    except Exception as err:  # noqa: BLE001 - user code run at import: whatever it raises is named in one line
+        raise RewardError(f"the custom reward module {module_name!r} failed while being imported: "
+                          f"{_where_raised(err)}: {type(err).__name__}: {err}") from None
     target = getattr(module, attribute, None)
     if not callable(target):
         raise RewardError(f"{spec!r} does not name a callable in module {module_name!r}")
     return target
+
+
+def _where_raised(error: BaseException) -> str:
+    """file:line of the innermost frame of an exception that is not the import machinery's."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if not frame.filename.startswith("<frozen")]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
 class CustomReward:
