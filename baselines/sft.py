@@ -42,6 +42,7 @@ from grpo.config import RunConfig, check, option
 from grpo.errors import ConfigError
 from grpo.guards import NonFiniteGuard, TooManySkippedSteps
 from grpo.logprobs import completion_logprobs
+from grpo.metrics import MetricsLogger
 from grpo.models import load_model
 from grpo.training_run import (
     Checkpointer,
@@ -51,6 +52,7 @@ from grpo.training_run import (
     clip_and_step,
     data_digests,
     finish_run,
+    generate_dev_outputs,
     is_due,
     load_resume_state,
     load_task_examples,
@@ -223,12 +225,8 @@ def accumulate_gradients(model, batch: list[TokenizedExample], cfg: SFTConfig, p
 # Dev loss
 # --------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate_loss(model, dev: list[TokenizedExample], dev_examples: list[dict], cfg: SFTConfig, pad_id: int,
-                  run_dir: Path, step: int) -> dict:
-    """Mean completion-token NLL on the dev set; per-example NLLs go to eval/step-N.jsonl.
-
-        eval/loss = sum_i nll_i / sum_i n_i,   nll_i = -sum_t log pi(y[i, t] | ...), n_i its token count
-    """
+def dev_loss(model, dev: list[TokenizedExample], cfg: SFTConfig, pad_id: int) -> np.ndarray:
+    """Summed completion-token NLL of each dev example, [n]: nll_i = -sum_t log pi(y[i, t] | ...)."""
     model.eval()
     nll = np.zeros(len(dev))
     # Length-sorted chunks pad little; results are written back in dev order.
@@ -238,11 +236,28 @@ def evaluate_loss(model, dev: list[TokenizedExample], dev_examples: list[dict], 
         tensors = collate([dev[i] for i in rows], pad_id, cfg.device)
         logprobs = completion_token_logprobs(model, tensors, cfg.logprob_chunk_tokens)
         nll[rows] = (-(logprobs * tensors.completion_mask).sum(dim=1)).cpu().numpy()
+    return nll
+
+
+def evaluate(model, tokenizer, dev: list[TokenizedExample], dev_examples: list[dict], cfg: SFTConfig, pad_id: int,
+             run_dir: Path, step: int, logger: MetricsLogger) -> dict:
+    """The dev loss and, with eval_max_new_tokens > 0, greedy dev outputs and their hacking statistics.
+
+        eval/loss = sum_i nll_i / sum_i n_i,   n_i: example i's completion tokens
+
+    Per-example losses (and outputs) go to eval/step-N.jsonl. The outputs are
+    measured as GRPO's are (`training_run.generate_dev_outputs`), so that an
+    SFT checkpoint that hedges is seen as one.
+    """
+    nll = dev_loss(model, dev, cfg, pad_id)
     tokens = np.array([len(e.completion_ids) for e in dev])
-    write_eval_rows(run_dir, step, [{"id": example["id"], "source": example["source"], "target": example["target"],
-                                     "loss": float(example_nll / example_tokens), "tokens": int(example_tokens)}
-                                    for example, example_nll, example_tokens in zip(dev_examples, nll, tokens)])
-    return {"eval/loss": float(nll.sum() / tokens.sum())}
+    outputs = (generate_dev_outputs(cfg, model, tokenizer, dev_examples, logger, step)
+               if cfg.eval_max_new_tokens else None)
+    write_eval_rows(run_dir, step, [
+        {"id": example["id"], "source": example["source"], "target": example["target"],
+         "loss": float(nll[i] / tokens[i]), "tokens": int(tokens[i]), **(outputs.row(i) if outputs else {})}
+        for i, example in enumerate(dev_examples)])
+    return {"eval/loss": float(nll.sum() / tokens.sum()), **(outputs.metrics if outputs else {})}
 
 
 # --------------------------------------------------------------------------
@@ -282,7 +297,7 @@ def train_sft(cfg: SFTConfig) -> Path:
                    + (f"  |  {truncated} targets cut at max_target_tokens={cfg.max_target_tokens}" if truncated else "")
                    + (f"  |  {run.world_size} processes" if run.world_size > 1 else ""))
     if dev and start_step == 0 and dist.is_main():
-        logger.log(0, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run.run_dir, 0), advance=False)
+        logger.log(0, evaluate(model, tokenizer, dev, dev_examples, cfg, pad_id, run.run_dir, 0, logger), advance=False)
 
     for step in range(start_step + 1, steps + 1):
         started = time.perf_counter()
@@ -315,7 +330,8 @@ def train_sft(cfg: SFTConfig) -> Path:
         })
 
         if dev and is_due(step, cfg.eval_every, steps) and dist.is_main():
-            logger.log(step, evaluate_loss(model, dev, dev_examples, cfg, pad_id, run.run_dir, step), advance=False)
+            logger.log(step, evaluate(model, tokenizer, dev, dev_examples, cfg, pad_id, run.run_dir, step, logger),
+                       advance=False)
 
         saved = is_due(step, cfg.save_every, steps)
         if saved:

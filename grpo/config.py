@@ -240,6 +240,8 @@ class RunConfig:
     prompt_format: str = option("auto", "auto: chat template when the tokenizer has one", ("auto", "chat", "plain"))
     limit: int = option(0, "use only N training examples, a fixed random subset drawn with `seed` (0 = all)")
     dev_limit: int = option(32, "dev records evaluated (0 = all)")
+    eval_max_new_tokens: int = option(48, "completion cap of the greedy dev outputs, whose reward-hacking statistics "
+                                          "every dev evaluation logs (SFT: 0 = the dev loss only)")
     max_prompt_tokens: int = option(0, "leave out examples whose prompt is longer (0 = keep all); the count is printed")
 
     lr: float = option(1e-6, "peak learning rate (AdamW)")
@@ -265,6 +267,7 @@ class RunConfig:
             LoraSettings(**self.lora)  # the ranges of alpha, dropout and target modules, checked where LoRA is
         check(self.limit >= 0, "limit", "be >= 0", self.limit)
         check(self.dev_limit >= 0, "dev_limit", "be >= 0", self.dev_limit)
+        check(self.eval_max_new_tokens >= 0, "eval_max_new_tokens", "be >= 0", self.eval_max_new_tokens)
         check(self.max_prompt_tokens >= 0, "max_prompt_tokens", "be >= 0", self.max_prompt_tokens)
         check(self.lr > 0, "lr", "be > 0", self.lr)
         check(self.weight_decay >= 0, "weight_decay", "be >= 0", self.weight_decay)
@@ -379,7 +382,6 @@ class GRPOConfig(RunConfig):
     max_reward_failures: float = option(0.25, "share of a step's samples whose reward may fail (NaN or raise) "
                                               "before the run stops; failed samples get advantage 0")
 
-    eval_max_new_tokens: int = option(48, "completion cap for dev evaluation (greedy)")
     log_completions_every: int = option(0, "every N steps write completions/step-N.jsonl (prompt, completion, reward "
                                            "terms, total, advantage, length, truncated), print a few as a table and "
                                            "send them to TensorBoard as text; 0 = off")
@@ -436,7 +438,8 @@ class GRPOConfig(RunConfig):
         check(self.minibatches >= 1 and self.prompts_per_step % self.minibatches == 0, "minibatches",
               f"divide prompts_per_step = {self.prompts_per_step} (minibatches hold whole groups)", self.minibatches)
         check(self.micro_batch_size >= 0, "micro_batch_size", "be >= 0", self.micro_batch_size)
-        check(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", "be >= 1", self.eval_max_new_tokens)
+        check(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", "be >= 1 (GRPO's dev evaluation generates)",
+              self.eval_max_new_tokens)
         check(0 <= self.max_reward_failures <= 1, "max_reward_failures", "be in [0, 1]", self.max_reward_failures)
         check(not self.fsdp or self.generation == "eager", "generation",
               "be eager with fsdp = true (the static samplers decode with one process's whole weights)",

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.hacking import hacking_warning, length_ratios, output_statistics
 from grpo import distributed as dist
 from grpo import lora
 from grpo import run_folder
@@ -38,7 +37,7 @@ from grpo.loss import Normaliser, grpo_loss, masked_mean
 from grpo.metrics import MetricsLogger
 from grpo.models import load_model
 from grpo.overlong import soft_overlong_penalty
-from grpo.rollout import Rollout, decode_completions, greedy_completions
+from grpo.rollout import Rollout, decode_completions
 from grpo.static_rollout import make_sampler
 from grpo.training_run import (
     Checkpointer,
@@ -51,6 +50,7 @@ from grpo.training_run import (
     clip_and_step,
     data_digests,
     finish_run,
+    generate_dev_outputs,
     is_due,
     load_resume_state,
     load_task_examples,
@@ -61,7 +61,6 @@ from grpo.training_run import (
     warmup_cosine,
     write_eval_rows,
 )
-from rewards.base import example_references
 
 
 # --------------------------------------------------------------------------
@@ -390,7 +389,7 @@ def log_completions(logger: MetricsLogger, rows: list[dict], group_size: int, st
 # Step 8: dev evaluation
 # --------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(run: GRPORun, step: int, batch_size: int = 16) -> dict:
+def evaluate(run: GRPORun, step: int) -> dict:
     """Greedy outputs on the dev examples, their rewards and hacking statistics; the outputs go to eval/step-N.jsonl.
 
     Besides the reward it logs what tells translating from reward hacking
@@ -401,29 +400,17 @@ def evaluate(run: GRPORun, step: int, batch_size: int = 16) -> dict:
     forward is a collective) and return {}.
     """
     cfg, examples = run.cfg, run.dev_examples
-    with autocast(cfg):
-        completions = greedy_completions(run.model, run.tokenizer, [e["prompt"] for e in examples],
-                                         cfg.eval_max_new_tokens, batch_size)
-    if not dist.is_main():
+    dev = generate_dev_outputs(cfg, run.model, run.tokenizer, examples, run.logger, step)
+    if dev is None:
         return {}
-    values, components, errors = score_with_fallback(run.reward_fn, [e["prompt"] for e in examples], completions,
+    values, components, errors = score_with_fallback(run.reward_fn, [e["prompt"] for e in examples], dev.outputs,
                                                      examples)
-    check_reward_failures(errors, completions, examples, cfg.max_reward_failures)
-    references = [example_references(e, "dev evaluation") for e in examples]
-    ratios = length_ratios(completions, references)
+    check_reward_failures(errors, dev.outputs, examples, cfg.max_reward_failures)
     write_eval_rows(run.place.run_dir, step, [
-        {"id": example["id"], "source": example["source"], "target": example["target"],
-         "targets": references[i], "output": completion, "reward": float(values[i]),
-         **{f"reward/{name}": float(component[i]) for name, component in components.items()},
-         "length_ratio": ratios[i]}
-        for i, (example, completion) in enumerate(zip(examples, completions))])
-    stats = output_statistics(completions, references, cfg.target_lang)
-    warning = hacking_warning(stats, completions)
-    if warning:
-        run.logger.message(f"step {step}: {warning}")
-    return {**summarise_rewards(values, components, prefix="eval/"),
-            **{f"eval/{name}": value for name, value in stats.items()},
-            "eval/mean_chars": float(np.mean([len(c) for c in completions]))}
+        {"id": example["id"], "source": example["source"], "target": example["target"], **dev.row(i),
+         "reward": float(values[i]), **{f"reward/{name}": float(component[i]) for name, component in components.items()}}
+        for i, example in enumerate(examples)])
+    return {**summarise_rewards(values, components, prefix="eval/"), **dev.metrics}
 
 
 # --------------------------------------------------------------------------

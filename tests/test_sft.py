@@ -14,7 +14,7 @@ from baselines.sft import (
     accumulate_gradients,
     collate,
     completion_token_logprobs,
-    evaluate_loss,
+    dev_loss,
     micro_batches,
     sft_loss,
     tokenize_example,
@@ -57,7 +57,7 @@ def write_data(folder: Path, with_dev: bool = True) -> Path:
 def sft_config(tmp_path: Path, **overrides) -> SFTConfig:
     values = dict(out_dir=str(tmp_path / "sft"), model="tiny-random-llama", data=str(write_data(tmp_path / "data")),
                   batch_size=4, grad_accum_steps=2, max_steps=6, eval_every=0, lr=1e-2, warmup_steps=0,
-                  dev_limit=0, seed=0)
+                  dev_limit=0, seed=0, eval_max_new_tokens=4)
     values.update(overrides)
     return load_config(SFTConfig, overrides=values)
 
@@ -181,8 +181,13 @@ def test_a_few_steps_lower_the_loss_and_the_final_checkpoint_loads(tmp_path):
     assert final.resolve() == latest_checkpoint(run_dir).resolve() == (run_dir / "checkpoints" / "step-000008").resolve()
     model, tokenizer = load_model(str(final))
     dev = [tokenize_example(tokenizer, e, cfg.max_target_tokens) for e in examples_of(tokenizer)]
-    reloaded = evaluate_loss(model, dev, examples_of(tokenizer), cfg, tokenizer.pad_token_id, tmp_path, 99)
-    assert reloaded["eval/loss"] == pytest.approx(eval_losses[-1], rel=1e-5)
+    nll = dev_loss(model, dev, cfg, tokenizer.pad_token_id)
+    assert nll.sum() / sum(len(e.completion_ids) for e in dev) == pytest.approx(eval_losses[-1], rel=1e-5)
+    # Every dev evaluation also measures the greedy outputs, as GRPO's does.
+    last_eval = [row for row in rows if "eval/loss" in row][-1]
+    assert {"eval/distinct_ratio", "eval/top_share", "eval/target_language", "eval/chrf"} <= set(last_eval)
+    eval_rows = [json.loads(line) for line in (run_dir / "eval" / "step-000008.jsonl").read_text().splitlines()]
+    assert all({"output", "targets", "length_ratio", "loss"} <= set(row) for row in eval_rows)
 
 
 def test_resume_continues_exactly(tmp_path):
