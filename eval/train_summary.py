@@ -1,0 +1,186 @@
+"""The table `make train-mt` ends with: did GRPO teach translation, or a way to collect the reward?
+
+    python -m eval.train_summary --cold-start runs/cold-start-mt --grpo runs/grpo-mt [--dev-limit 200]
+
+Scores, on the same dev items, the base model, the cold start and the GRPO
+stage (greedy outputs), next to the trivial answers a reward hacker would find:
+
+    copied source     the English sentence, untranslated (the reward encoder is cross-lingual)
+    best constant     the one answer that earns the most reward on the cold-start pool, given to every item
+
+Columns: the run's total reward, chrF and BLEU (surface overlap, which no
+hedge earns), the semantic similarity judged by the run's reward encoder,
+the share in the target script, distinct outputs, the most frequent
+output's share and the length ratio (`eval.hacking`). Below the table, the
+GRPO - cold start differences in per-item chrF, similarity and reward with
+paired bootstrap 95% intervals over the dev items.
+
+Writes <grpo>/summary/{summary.json, summary.md, outputs.jsonl} and prints
+the table and five examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from eval.alignment_tax import free
+from eval.hacking import best_constant_answer, output_statistics
+from eval.stats import bootstrap_mean_ci
+from eval.task_metrics import embedding_similarities, per_example_scores
+from grpo.cli import USER_ERRORS, build_reward_from_config
+from grpo.config import GRPOConfig, load_config
+from grpo.errors import DataError
+from grpo.models import load_model, load_tokenizer
+from grpo.rollout import greedy_completions
+from grpo.training_run import load_task_examples
+from rewards.base import example_references
+from rewards.embedding import EmbeddingCosineReward, build_encoder
+
+DEFAULT_DEV_LIMIT = 200
+EXAMPLES_SHOWN = 5
+# The config keys that decide which training examples a run sees.
+POOL_KEYS = ("data", "limit", "seed", "task", "source_lang", "target_lang", "data_langs", "max_prompt_tokens",
+             "prompt_format")
+# Columns of the table: (key in a row's scores, header, format).
+COLUMNS = (("reward", "reward", "{:.3f}"), ("chrf", "chrF", "{:.1%}"), ("bleu", "BLEU", "{:.1%}"),
+           ("similarity", "similarity", "{:.3f}"), ("target_language", "Chinese", "{:.0%}"),
+           ("distinct_ratio", "distinct", "{:.1%}"), ("top_share", "top share", "{:.1%}"),
+           ("length_ratio", "length ratio", "{:.2f}"))
+
+
+def reward_encoder(reward_fn, cfg: GRPOConfig):
+    """The run's reward encoder (its semantic term's), or the configured one when the reward has none."""
+    for _, term in getattr(reward_fn, "terms", []):
+        if isinstance(term, EmbeddingCosineReward):
+            return term.encoder
+    return build_encoder(cfg.encoder, pooling=cfg.encoder_pooling, device=cfg.device)
+
+
+def score_outputs(outputs: list[str], examples: list[dict], reward_fn, encoder, target_lang: str) -> dict:
+    """Per-item scores (reward, chrF, similarity) and the corpus-level statistics of one set of outputs."""
+    references = [example_references(example, "summary") for example in examples]
+    rewards = reward_fn([example["prompt"] for example in examples], outputs, examples).values
+    per_item = {"reward": [float(r) for r in rewards],
+                "chrf": per_example_scores(outputs, references, target_lang)["chrf"],
+                "similarity": embedding_similarities(outputs, references, encoder)}
+    corpus = {"reward": float(np.nanmean(rewards)), "similarity": float(np.mean(per_item["similarity"])),
+              **output_statistics(outputs, references, target_lang)}
+    return {"per_item": per_item, "scores": corpus}
+
+
+def paired_differences(after: dict, before: dict) -> dict:
+    """mean(after_i - before_i) over items with its paired bootstrap 95% interval, per per-item score."""
+    out = {}
+    for key in after["per_item"]:
+        differences = np.asarray(after["per_item"][key]) - np.asarray(before["per_item"][key])
+        mean, low, high = bootstrap_mean_ci(differences[np.isfinite(differences)])
+        out[key] = {"mean": mean, "low": low, "high": high}
+    return out
+
+
+def markdown_table(rows: dict[str, dict]) -> str:
+    """One line per row of outputs, one column per score."""
+    lines = ["| outputs | " + " | ".join(header for _, header, _ in COLUMNS) + " |",
+             "| --- |" + " ---: |" * len(COLUMNS)]
+    for name, scores in rows.items():
+        lines.append(f"| {name} | " + " | ".join(fmt.format(scores[key]) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def markdown_differences(differences: dict) -> str:
+    return "\n".join(f"- GRPO - cold start, {key}: {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+                     for key, d in differences.items())
+
+
+def model_outputs(checkpoint: str, examples: list[dict], cfg: GRPOConfig, label: str) -> list[str]:
+    """Greedy outputs of one checkpoint on the examples, with a progress bar."""
+    model, tokenizer = load_model(checkpoint, cfg.dtype, cfg.device)
+    outputs = greedy_completions(model, tokenizer, [e["prompt"] for e in examples], cfg.eval_max_new_tokens,
+                                 progress=True, desc=label)
+    free(model)
+    return outputs
+
+
+def summarise(cold_start_dir: Path, grpo_dir: Path, dev_limit: int) -> dict:
+    """Every row of the summary, the GRPO - cold start differences, and the outputs themselves."""
+    for folder in (cold_start_dir, grpo_dir):
+        if not (folder / "config.toml").is_file() or not (folder / "final").exists():
+            raise DataError(f"'{folder}' is not a finished run (no config.toml or final checkpoint)")
+    cfg = load_config(GRPOConfig, grpo_dir / "config.toml", {"dev_limit": dev_limit})
+    # The cold start's training pool, as its (SFT) config chose it: the same data keys, limit and seed.
+    cold_saved = load_saved(cold_start_dir)
+    cold_cfg = load_config(GRPOConfig, None, {key: cold_saved[key] for key in POOL_KEYS if key in cold_saved})
+    base_model = cold_saved["model"]
+    tokenizer = load_tokenizer(base_model)
+    _, dev = load_task_examples(cfg, tokenizer)
+    pool, _ = load_task_examples(cold_cfg, tokenizer)
+    if not dev:
+        raise DataError(f"'{cfg.data}' has no dev split to summarise on")
+    reward_fn = build_reward_from_config(cfg)
+    encoder = reward_encoder(reward_fn, cfg)
+
+    constant, pool_reward = best_constant_answer(reward_fn, pool)
+    outputs = {"base model": model_outputs(base_model, dev, cfg, "base"),
+               "cold start": model_outputs(str(cold_start_dir / "final"), dev, cfg, "cold start"),
+               "GRPO": model_outputs(str(grpo_dir / "final"), dev, cfg, "GRPO"),
+               "copied source": [e["source"] for e in dev],
+               f"best constant {constant!r}": [constant] * len(dev)}
+    rows = {name: score_outputs(texts, dev, reward_fn, encoder, cfg.target_lang) for name, texts in outputs.items()}
+    return {"dev_items": len(dev), "reward_weights": dict(cfg.reward_weights), "tau": cfg.tau,
+            "encoder": cfg.encoder, "best_constant": {"answer": constant, "pool_reward": pool_reward,
+                                                      "pool_size": len(pool)},
+            "rows": {name: row["scores"] for name, row in rows.items()},
+            "grpo_minus_cold_start": paired_differences(rows["GRPO"], rows["cold start"]),
+            "examples": dev, "outputs": outputs}
+
+
+def load_saved(run_dir: Path) -> dict:
+    """A run's resolved config.toml as a plain dict."""
+    return tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
+
+
+def write_summary(summary: dict, out_dir: Path) -> str:
+    """summary.json, summary.md and outputs.jsonl (one dev item a line, every row's output); returns the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    examples, outputs = summary["examples"], summary["outputs"]
+    with open(out_dir / "outputs.jsonl", "w", encoding="utf-8") as f:
+        for i, example in enumerate(examples):
+            f.write(json.dumps({"id": example["id"], "source": example["source"], "targets": example["targets"],
+                                **{name: texts[i] for name, texts in outputs.items()}}, ensure_ascii=False) + "\n")
+    numbers = {key: value for key, value in summary.items() if key not in ("examples", "outputs")}
+    (out_dir / "summary.json").write_text(json.dumps(numbers, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    shown = [f"- source: {examples[i]['source']}\n  reference: {examples[i]['target']}\n"
+             f"  cold start: {outputs['cold start'][i]}\n  GRPO: {outputs['GRPO'][i]}"
+             for i in range(min(EXAMPLES_SHOWN, len(examples)))]
+    text = (f"{summary['dev_items']} dev items; reward {summary['reward_weights']}, tau {summary['tau']}, "
+            f"encoder {summary['encoder']}\n\n{markdown_table(summary['rows'])}\n\n"
+            f"{markdown_differences(summary['grpo_minus_cold_start'])}\n\n" + "\n".join(shown) + "\n")
+    (out_dir / "summary.md").write_text(text, encoding="utf-8")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.train_summary", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cold-start", type=Path, default=Path("runs/cold-start-mt"), help="the cold-start run folder")
+    parser.add_argument("--grpo", type=Path, default=Path("runs/grpo-mt"), help="the GRPO run folder")
+    parser.add_argument("--dev-limit", type=int, default=DEFAULT_DEV_LIMIT,
+                        help=f"dev items scored (a seeded subset; default {DEFAULT_DEV_LIMIT}, 0 = all)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default <grpo>/summary)")
+    args = parser.parse_args(argv)
+    try:
+        summary = summarise(args.cold_start, args.grpo, args.dev_limit)
+        print(write_summary(summary, args.out or args.grpo / "summary"))
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
