@@ -57,6 +57,7 @@ from grpo.training_run import (
     load_resume_state,
     load_task_examples,
     make_optimizer,
+    seed_each_rank,
     start_run,
     stop_if_terminated,
     trainable_parameters,
@@ -274,6 +275,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     run = start_run(cfg)
     cfg = run.cfg
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
+    seed_each_rank(cfg, run.rank)
     state = load_resume_state(run, model)
     train_examples, dev_examples = load_task_examples(
         cfg, tokenizer, room=PromptRoom.of(model, "max_target_tokens", cfg.max_target_tokens))

@@ -55,6 +55,7 @@ from grpo.training_run import (
     load_resume_state,
     load_task_examples,
     make_optimizer,
+    seed_each_rank,
     start_run,
     stop_if_terminated,
     trainable_parameters,
@@ -311,7 +312,8 @@ class TokenMeans:
 # --------------------------------------------------------------------------
 def step_metrics(run: GRPORun, scored: ScoredBatch, advantages: torch.Tensor, zero_std: torch.Tensor,
                  update: UpdateStats, sampling_stats: dict, timer: PhaseTimer) -> dict:
-    """One line of metrics.jsonl: rewards over the global batch, advantages, the update's means, lengths, speed."""
+    """One line of metrics.jsonl: the total reward over the global batch (each term's mean, rewards/<name>/*,
+    and the advantages, over this rank's samples), the update's means, lengths, speed."""
     cfg, rollout = run.cfg, scored.rollout
     lengths = rollout.completion_lengths
     all_rewards = dist.all_gather_rows(scored.rewards).numpy()
@@ -453,7 +455,7 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
     place = start_run(cfg)
     cfg = place.cfg
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
-    torch.manual_seed(cfg.seed + place.rank)  # from here on each rank draws its own (dropout, minibatch order)
+    seed_each_rank(cfg, place.rank)
     reference = Reference(model, shard=cfg.fsdp) if cfg.beta > 0 else None
     if cfg.gradient_checkpointing:
         checkpoint_decoder_layers(model)
@@ -544,7 +546,8 @@ def train(cfg: GRPOConfig, reward_fn: Callable) -> Path:
                 raise
             run.guard.note_step(step, update.skipped, len(update.loss))
 
-        # 7. Metrics (reward statistics over the global batch), and the sampled completions now and then.
+        # 7. Metrics (the total reward over the global batch, its terms over this rank's), and the sampled
+        #    completions now and then.
         logger.log(step, step_metrics(run, scored, advantages, zero_std, update, sampling_stats, timer))
         if cfg.log_completions_every and step % cfg.log_completions_every == 0:
             rows = dist.gather_lists(completion_rows(scored, advantages, cfg.group_size, step))

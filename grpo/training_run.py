@@ -76,6 +76,15 @@ def start_run(cfg) -> Run:
     return Run(cfg, requested, rank, world_size, run_dir, resume_from)
 
 
+def seed_each_rank(cfg, rank: int) -> None:
+    """Give each rank its own torch stream (dropout masks, minibatch order), once the model is built.
+
+    Called after the model and its LoRA adapters exist, whose initialisation
+    must be the same on every rank (`start_run` seeds torch alike for that).
+    """
+    torch.manual_seed(cfg.seed + rank)
+
+
 def resume_checkpoint(cfg, run_dir: Path) -> Path | None:
     """The verified checkpoint `resume` names: the run's newest intact one for "auto", a folder, or None."""
     if cfg.resume == "auto":
