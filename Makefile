@@ -15,7 +15,8 @@ MT      ?= en-zh
 MT_ARGS  = $(if $(filter bo-zh,$(MT)),data=data/mt source_lang=bo data_langs=bo-zh)$(if $(filter names,$(MT)),data=data/mt-en-zh)
 # REWARD=paper: the paper's R = 1.5 R_sim + 1.0 R_lang instead of the default (configs/mt.toml).
 REWARD  ?=
-REWARD_ARGS = $(if $(filter paper,$(REWARD)),reward_weights="{semantic=1.5,language=1.0}" language_gate=false)
+comma   := ,
+REWARD_ARGS = $(if $(filter paper,$(REWARD)),reward_weights="{semantic=1.5$(comma)language=1.0}" language_gate=false)
 MT_DATA  = $(if $(filter en-zh,$(MT)),data/mt-tatoeba/train.jsonl)
 DATA_ARGS = $(if $(MODEL),model=$(MODEL)) $(if $(DATA),data=$(DATA))
 RUN_ARGS = $(DATA_ARGS) $(ARGS)
