@@ -13,6 +13,12 @@ from test_resume import ROOT, comparable, env
 WORKER = str(ROOT / "tests" / "dist_worker.py")
 
 
+def run_processes(command: list[str]) -> None:
+    """Run a (torchrun) command; on failure, fail with the end of its stderr, where the cause is."""
+    result = subprocess.run(command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{' '.join(command[:8])} ... exited {result.returncode}:\n{result.stderr[-4000:]}"
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The single-process update, computed once per (aggregation, lora) for the whole module."""
@@ -21,8 +27,7 @@ def one_process(tmp_path_factory):
     def run(aggregation: str, *flags: str) -> dict:
         if (aggregation, flags) not in results:
             out = tmp_path_factory.mktemp("one") / "one.pt"
-            subprocess.run([sys.executable, WORKER, str(out), aggregation, *flags], cwd=ROOT, env=env(), check=True,
-                           capture_output=True, timeout=300)
+            run_processes([sys.executable, WORKER, str(out), aggregation, *flags])
             results[aggregation, flags] = torch.load(out)
         return results[aggregation, flags]
 
@@ -30,9 +35,8 @@ def one_process(tmp_path_factory):
 
 
 def two_processes(out, aggregation: str, *flags: str) -> dict:
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    WORKER, str(out), aggregation, *flags], cwd=ROOT, env=env(), check=True, capture_output=True,
-                   timeout=300)
+    run_processes([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   WORKER, str(out), aggregation, *flags])
     return torch.load(out)
 
 
@@ -83,9 +87,9 @@ def test_batch_std_is_the_global_batch_std_under_two_gloo_processes(tmp_path):
 
 def train_fsdp(out_dir, *extra: str) -> None:
     """`torchrun --nproc_per_node 2 -m grpo configs/smoke.toml fsdp=true` for 2 steps, a checkpoint after each."""
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "grpo", "configs/smoke.toml", "fsdp=true", f"out_dir={out_dir}", "save_every=1",
-                    "threads=1", *extra], cwd=ROOT, env=env(), check=True, capture_output=True, timeout=300)
+    run_processes([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "grpo", "configs/smoke.toml", "fsdp=true", f"out_dir={out_dir}", "save_every=1",
+                   "threads=1", *extra])
 
 
 def test_fsdp_training_run_saves_whole_checkpoints_and_resumes_exactly(tmp_path):
@@ -134,10 +138,9 @@ def train_sft(out_dir, processes: int) -> None:
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    subprocess.run([*launcher, "-m", "baselines.sft", "model=tiny-random-llama", "data=data/mt", f"out_dir={out_dir}",
-                    "batch_size=8", "grad_accum_steps=2", "max_steps=2", "lr=1e-3", "warmup_steps=0", "dev_limit=4",
-                    "eval_every=1", "max_prompt_tokens=96", "max_target_tokens=32", "threads=1"],
-                   cwd=ROOT, env=env(), check=True, capture_output=True, timeout=300)
+    run_processes([*launcher, "-m", "baselines.sft", "model=tiny-random-llama", "data=data/mt", f"out_dir={out_dir}",
+                   "batch_size=8", "grad_accum_steps=2", "max_steps=2", "lr=1e-3", "warmup_steps=0", "dev_limit=4",
+                   "eval_every=1", "max_prompt_tokens=96", "max_target_tokens=32", "threads=1"])
 
 
 def test_sft_two_gloo_processes_match_one_process(tmp_path):
@@ -170,11 +173,10 @@ def test_dynamic_sampling_and_completion_tables_under_two_processes(tmp_path):
     from grpo.metrics import read_metrics
 
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "grpo", "configs/smoke.toml", f"out_dir={out}", "threads=1", "dev_limit=2",
-                    "reward_weights={custom=1.0}", "custom_reward=support_rewards:constant_for_even_targets",
-                    "filter_zero_std_groups=true", "max_extra_sampling_rounds=6", "log_completions_every=1"],
-                   cwd=ROOT, env=env(), check=True, capture_output=True, timeout=300)
+    run_processes([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "grpo", "configs/smoke.toml", f"out_dir={out}", "threads=1", "dev_limit=2",
+                   "reward_weights={custom=1.0}", "custom_reward=support_rewards:constant_for_even_targets",
+                   "filter_zero_std_groups=true", "max_extra_sampling_rounds=6", "log_completions_every=1"])
     steps = [row for row in read_metrics(out / "metrics.jsonl") if "reward" in row]
     assert any(row["dynamic_sampling/rounds"] > 1 for row in steps)
     for row in steps:

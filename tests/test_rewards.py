@@ -470,15 +470,26 @@ def preset_reward_weights(preset: str) -> dict[str, float]:
     return read_toml(Path(__file__).resolve().parents[1] / "configs" / preset)["reward_weights"]
 
 
-def test_factory_mt_defaults_compose_the_paper_reward(use_encoder):
-    reward = build_reward(preset_reward_weights("mt.toml"), encoder=use_encoder, tau=0.1)
-    assert reward.weights == {"semantic": 1.5, "language": 1.0}
+def test_the_paper_reward_composes_by_hand(use_encoder):
+    # make train-mt REWARD=paper
+    reward = build_reward({"semantic": 1.5, "language": 1.0}, encoder=use_encoder, tau=0.1)
     examples = [{"target": WEATHER, "target_lang": "zh"}] * 2
-    args = batch([WEATHER_PARAPHRASE, "weather"], examples)
-    output = reward(*args)
+    output = reward(*batch([WEATHER_PARAPHRASE, "weather"], examples))
     cosine = output.components["semantic/cosine"]
     expected = 1.5 * threshold_rescale(cosine, 0.1) + 1.0 * np.array([1.0, 0.0])
     np.testing.assert_allclose(output.values, expected)
+
+
+def test_factory_mt_preset_composes_the_gated_hybrid_by_hand(use_encoder):
+    weights = preset_reward_weights("mt.toml")
+    assert weights == {"semantic": 1.5, "language": 1.0, "chrf": 3.0, "length_ratio": 1.0}
+    reward = build_reward(weights, encoder=use_encoder, tau=0.1, language_gate=True)
+    examples = [{"target": WEATHER, "target_lang": "zh"}] * 2
+    output = reward(*batch([WEATHER_PARAPHRASE, "weather"], examples))
+    c = output.components
+    # gate open (Chinese): 1.5 R_sim + 3 chrF + length penalty + 1; gate shut (English): nothing at all
+    open_gate = 1.5 * threshold_rescale(c["semantic/cosine"][0], 0.1) + 3.0 * c["chrf"][0] + c["length_ratio"][0] + 1.0
+    np.testing.assert_allclose(output.values, [open_gate, 0.0])
 
 
 def test_factory_hg_defaults_include_length_guard():
