@@ -19,7 +19,9 @@ and every dev evaluation logs them:
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -146,26 +148,53 @@ def markdown_hacking_table(table: dict[str, dict[str, float]], terms: list[str])
     return "\n".join(lines)
 
 
+def measured_statistics(folder: Path, references: dict[str, list[str]], target_lang: str) -> dict[str, dict]:
+    """The hacking statistics of every checkpoint measured by `eval.reproduce` (one JSON file each) in `folder`."""
+    table = {}
+    for path in sorted(folder.glob("*.json")):
+        task = json.loads(path.read_text(encoding="utf-8")).get("task")
+        if task and task.get("outputs"):
+            table[path.stem] = output_statistics(task["outputs"], [references[i] for i in task["ids"]], target_lang)
+    return table
+
+
+def markdown_statistics(table: dict[str, dict[str, float]]) -> str:
+    """Hacking statistics as markdown: one row per set of outputs."""
+    keys = ("distinct_ratio", "top_share", "target_language", "length_ratio", "chrf", "bleu")
+    lines = ["| outputs | " + " | ".join(keys) + " |", "| --- |" + " ---: |" * len(keys)]
+    lines += [f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |" for name, row in table.items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m eval.hacking [PRESET] [key=value ...]: the hacking table of a GRPO preset's reward on its dev set.
 
-    The best constant is chosen on the cold-start pool: the `--pool` seeded training examples.
+    The best constant is chosen on the cold-start pool: the `--pool` seeded
+    training examples. With --measured DIR --references FILE, the hacking
+    statistics of the outputs `eval.reproduce` measured instead.
     """
     import argparse
     import sys
 
     from grpo.cli import USER_ERRORS, build_reward_from_config
     from grpo.config import GRPOConfig, load_config
+    from grpo.data import read_jsonl
     from grpo.models import load_tokenizer
     from grpo.training_run import load_task_examples
 
     parser = argparse.ArgumentParser(prog="python -m eval.hacking", description=main.__doc__.split("\n\n")[0])
     parser.add_argument("preset", nargs="?", default="configs/mt.toml")
-    parser.add_argument("--pool", type=int, default=320, help="cold-start pool size the constant is chosen on")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (e.g. tau=0.15 dev_limit=0)")
+    parser.add_argument("--pool", type=int, default=320, help="cold-start pool size the constant is chosen on")
+    parser.add_argument("--measured", type=Path, help="a folder of eval.reproduce measurements")
+    parser.add_argument("--references", type=Path, help="the JSONL split those measurements were taken on")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(GRPOConfig, args.preset, args.overrides)
+        if args.measured:
+            references = {r["id"]: r.get("targets", [r["target"]]) for r in read_jsonl(args.references)}
+            print(markdown_statistics(measured_statistics(args.measured, references, cfg.target_lang)))
+            return 0
         tokenizer = load_tokenizer(cfg.model)
         _, dev = load_task_examples(cfg, tokenizer)
         pool, _ = load_task_examples(load_config(GRPOConfig, args.preset, [*args.overrides, f"limit={args.pool}"]),
@@ -174,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         constant, _ = best_constant_answer(reward_fn, pool)
         table = hacking_table(reward_fn, dev, constant)
         terms = [name for name in next(iter(table.values())) if name != "reward"]
-        print(f"{len(dev)} dev items, reward {dict(cfg.reward_weights)}, tau {cfg.tau}\n")
+        print(f"{len(dev)} dev items, reward {dict(cfg.reward_weights)}, tau {cfg.tau}, "
+              f"language_gate {cfg.language_gate}\n")
         print(markdown_hacking_table(table, terms))
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
