@@ -174,13 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     statistics of the outputs `eval.reproduce` measured instead.
     """
     import argparse
-    import sys
 
-    from grpo.cli import USER_ERRORS, build_reward_from_config
-    from grpo.config import GRPOConfig, load_config
-    from grpo.data import read_jsonl
-    from grpo.models import load_tokenizer
-    from grpo.training_run import load_task_examples
+    from grpo.cli import exit_code_of
 
     parser = argparse.ArgumentParser(prog="python -m eval.hacking", description=main.__doc__.split("\n\n")[0])
     parser.add_argument("preset", nargs="?", default="configs/mt.toml")
@@ -189,27 +184,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measured", type=Path, help="a folder of eval.reproduce measurements")
     parser.add_argument("--references", type=Path, help="the JSONL split those measurements were taken on")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(GRPOConfig, args.preset, args.overrides)
-        if args.measured:
-            references = {r["id"]: r.get("targets", [r["target"]]) for r in read_jsonl(args.references)}
-            print(markdown_statistics(measured_statistics(args.measured, references, cfg.target_lang)))
-            return 0
-        tokenizer = load_tokenizer(cfg.model)
-        _, dev = load_task_examples(cfg, tokenizer)
-        pool, _ = load_task_examples(load_config(GRPOConfig, args.preset, [*args.overrides, f"limit={args.pool}"]),
-                                     tokenizer)
-        reward_fn = build_reward_from_config(cfg)
-        constant, _ = best_constant_answer(reward_fn, pool)
-        table = hacking_table(reward_fn, dev, constant)
-        terms = [name for name in next(iter(table.values())) if name != "reward"]
-        print(f"{len(dev)} dev items, reward {dict(cfg.reward_weights)}, tau {cfg.tau}, "
-              f"language_gate {cfg.language_gate}\n")
-        print(markdown_hacking_table(table, terms))
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(lambda: print(hacking_report(args)))
+
+
+def hacking_report(args) -> str:
+    """What `python -m eval.hacking` prints: the hacking table, or the measured outputs' statistics."""
+    from grpo.cli import build_reward_from_config
+    from grpo.config import GRPOConfig, load_config
+    from grpo.data import read_jsonl
+    from grpo.models import load_tokenizer
+    from grpo.training_run import load_task_examples
+
+    cfg = load_config(GRPOConfig, args.preset, args.overrides)
+    if args.measured:
+        references = {r["id"]: r.get("targets", [r["target"]]) for r in read_jsonl(args.references)}
+        return markdown_statistics(measured_statistics(args.measured, references, cfg.target_lang))
+    tokenizer = load_tokenizer(cfg.model)
+    _, dev = load_task_examples(cfg, tokenizer)
+    pool, _ = load_task_examples(load_config(GRPOConfig, args.preset, [*args.overrides, f"limit={args.pool}"]),
+                                 tokenizer)
+    reward_fn = build_reward_from_config(cfg)
+    constant, _ = best_constant_answer(reward_fn, pool)
+    table = hacking_table(reward_fn, dev, constant)
+    terms = [name for name in next(iter(table.values())) if name != "reward"]
+    return (f"{len(dev)} dev items, reward {dict(cfg.reward_weights)}, tau {cfg.tau}, "
+            f"language_gate {cfg.language_gate}\n\n{markdown_hacking_table(table, terms)}")
 
 
 if __name__ == "__main__":

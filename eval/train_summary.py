@@ -33,7 +33,7 @@ from eval.alignment_tax import free
 from eval.hacking import best_constant_answer, output_statistics
 from eval.stats import bootstrap_mean_ci
 from eval.task_metrics import embedding_similarities, per_example_scores
-from grpo.cli import USER_ERRORS, build_reward_from_config
+from grpo.cli import build_reward_from_config, exit_code_of
 from grpo.config import GRPOConfig, load_config
 from grpo.errors import DataError
 from grpo.models import load_model, load_tokenizer
@@ -173,13 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"dev items scored (a seeded subset; default {DEFAULT_DEV_LIMIT}, 0 = all)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default <grpo>/summary)")
     args = parser.parse_args(argv)
-    try:
-        summary = summarise(args.cold_start, args.grpo, args.dev_limit)
-        print(write_summary(summary, args.out or args.grpo / "summary"))
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(lambda: print(write_summary(summarise(args.cold_start, args.grpo, args.dev_limit),
+                                                    args.out or args.grpo / "summary")))
 
 
 if __name__ == "__main__":

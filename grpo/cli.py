@@ -26,6 +26,16 @@ from rewards.errors import RewardError
 USER_ERRORS = (UserError, RewardError)  # printed as one line, without a traceback
 
 
+def exit_code_of(command) -> int:
+    """Run `command()` for a tool's main: 0, or 2 with a user's mistake (USER_ERRORS) as one line on stderr."""
+    try:
+        command()
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_reward_from_config(cfg: GRPOConfig):
     """The reward the config's reward keys describe (the weighted sum of `rewards.build_reward`)."""
     return build_reward(

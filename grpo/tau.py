@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grpo.cli import USER_ERRORS
+from grpo.cli import exit_code_of
 from grpo.config import GRPOConfig, load_config, save_config
 from grpo.errors import DataError
 from grpo.models import load_model
@@ -90,20 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write a preset with model and tau set here")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the preset (e.g. dev_limit=0)")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(GRPOConfig, args.config, args.overrides)
-        tau, cosines, _ = derive_tau(args.model, cfg, args.percentile)
-        tau = round(tau, 4)
-        print(f"dev cosines of {args.model} over {len(cosines)} examples: mean {np.nanmean(cosines):.4f}, "
-              f"min {np.nanmin(cosines):.4f}, {args.percentile:g}th percentile {tau:.4f}")
-        if args.out is not None:
-            write_preset(cfg, args.model, tau, args.percentile, len(cosines), args.out)
-            print(f"wrote {args.out}")
-        print(f"tau={tau}")
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(lambda: derive_and_write(args))
+
+
+def derive_and_write(args) -> None:
+    """`python -m grpo.tau`: derive tau, print it, and write the preset when --out is given."""
+    cfg = load_config(GRPOConfig, args.config, args.overrides)
+    tau, cosines, _ = derive_tau(args.model, cfg, args.percentile)
+    tau = round(tau, 4)
+    print(f"dev cosines of {args.model} over {len(cosines)} examples: mean {np.nanmean(cosines):.4f}, "
+          f"min {np.nanmin(cosines):.4f}, {args.percentile:g}th percentile {tau:.4f}")
+    if args.out is not None:
+        write_preset(cfg, args.model, tau, args.percentile, len(cosines), args.out)
+        print(f"wrote {args.out}")
+    print(f"tau={tau}")
 
 
 if __name__ == "__main__":
