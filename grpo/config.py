@@ -36,7 +36,7 @@ from grpo.errors import ConfigError
 from grpo.lora import DEFAULT_TARGET_MODULES, LoraSettings
 from grpo.loss import AGGREGATIONS, IMPORTANCE_LEVELS, KL_ESTIMATORS
 
-# Renamed keys and values: the old spelling still loads, with a note, until the next release, so that
+# Renamed keys and values: the old spelling still loads, with a note, until 2027-03-01, so that
 # presets, command lines and the config.toml and checkpoints of existing runs keep working.
 RENAMED_KEYS = {"adv_eps": "std_offset"}
 RENAMED_VALUES = {"loss_aggregation": {"sequence": "seq-mean-token-mean", "token": "token-mean",
@@ -49,7 +49,7 @@ def current_name(key: str, value: Any, where: str | None = None) -> tuple[str, A
     new_value = RENAMED_VALUES.get(new_key, {}).get(value, value) if isinstance(value, str) else value
     if where is not None and (new_key, new_value) != (key, value):
         print(f"note: {key} = {value!r} in {where} is now {new_key} = {new_value!r}; "
-              "the old spelling will stop loading in the next release", file=sys.stderr)
+              "the old spelling will stop loading on 2027-03-01", file=sys.stderr)
     return new_key, new_value
 
 

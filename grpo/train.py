@@ -1,4 +1,4 @@
-"""`python -m grpo.train`, the command line's former name; it runs `python -m grpo` for one more release."""
+"""`python -m grpo.train`, the command line's former name; it runs `python -m grpo` until its removal on 2027-03-01."""
 
 import sys
 
@@ -6,5 +6,5 @@ from grpo.cli import main
 
 if __name__ == "__main__":
     print("note: `python -m grpo.train` is now `python -m grpo` (same arguments); "
-          "the old name will be removed in the next release", file=sys.stderr)
+          "the old name will be removed on 2027-03-01", file=sys.stderr)
     sys.exit(main())
