@@ -13,10 +13,11 @@ ARGS    ?=
 # rather than translation (docs/TRAINING.md, "Reward hacking").
 MT      ?= en-zh
 MT_ARGS  = $(if $(filter bo-zh,$(MT)),data=data/mt source_lang=bo data_langs=bo-zh)$(if $(filter names,$(MT)),data=data/mt-en-zh)
-# REWARD=paper: the paper's R = 1.5 R_sim + 1.0 R_lang instead of the default (configs/mt.toml).
+# REWARD=hybrid: the paper's reward plus chrF, with the language check as a gate and a length guard
+# (docs/TRAINING.md, "Reward hacking"), instead of the paper's R = 1.5 R_sim + 1.0 R_lang (configs/mt.toml).
 REWARD  ?=
 comma   := ,
-REWARD_ARGS = $(if $(filter paper,$(REWARD)),reward_weights="{semantic=1.5$(comma)language=1.0}" language_gate=false)
+REWARD_ARGS = $(if $(filter hybrid,$(REWARD)),reward_weights="{semantic=1.5$(comma)language=1.0$(comma)chrf=3.0$(comma)length_ratio=1.0}" language_gate=true)
 MT_DATA  = $(if $(filter en-zh,$(MT)),data/mt-tatoeba/train.jsonl)
 DATA_ARGS = $(if $(MODEL),model=$(MODEL)) $(if $(DATA),data=$(DATA))
 RUN_ARGS = $(DATA_ARGS) $(ARGS)

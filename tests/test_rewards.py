@@ -470,9 +470,10 @@ def preset_reward_weights(preset: str) -> dict[str, float]:
     return read_toml(Path(__file__).resolve().parents[1] / "configs" / preset)["reward_weights"]
 
 
-def test_the_paper_reward_composes_by_hand(use_encoder):
-    # make train-mt REWARD=paper
-    reward = build_reward({"semantic": 1.5, "language": 1.0}, encoder=use_encoder, tau=0.1)
+def test_factory_mt_preset_composes_the_paper_reward_by_hand(use_encoder):
+    weights = preset_reward_weights("mt.toml")
+    assert weights == {"semantic": 1.5, "language": 1.0}
+    reward = build_reward(weights, encoder=use_encoder, tau=0.1)
     examples = [{"target": WEATHER, "target_lang": "zh"}] * 2
     output = reward(*batch([WEATHER_PARAPHRASE, "weather"], examples))
     cosine = output.components["semantic/cosine"]
@@ -480,9 +481,9 @@ def test_the_paper_reward_composes_by_hand(use_encoder):
     np.testing.assert_allclose(output.values, expected)
 
 
-def test_factory_mt_preset_composes_the_gated_hybrid_by_hand(use_encoder):
-    weights = preset_reward_weights("mt.toml")
-    assert weights == {"semantic": 1.5, "language": 1.0, "chrf": 3.0, "length_ratio": 1.0}
+def test_the_gated_hybrid_composes_by_hand(use_encoder):
+    # make train-mt REWARD=hybrid
+    weights = {"semantic": 1.5, "language": 1.0, "chrf": 3.0, "length_ratio": 1.0}
     reward = build_reward(weights, encoder=use_encoder, tau=0.1, language_gate=True)
     examples = [{"target": WEATHER, "target_lang": "zh"}] * 2
     output = reward(*batch([WEATHER_PARAPHRASE, "weather"], examples))
