@@ -28,7 +28,7 @@ import numpy as np
 from eval.task_metrics import References, corpus_bleu, corpus_chrf, reference_lists
 from rewards.base import example_references
 from rewards.language import LANGUAGE_SCRIPTS, is_consistent, scripts_for_language
-from rewards.length import visible_chars
+from rewards.length import length_ratio
 
 # Thresholds of the one-line warning a dev evaluation prints: far from what a
 # translating model does (every source differs, so every output should), but
@@ -44,8 +44,7 @@ def length_ratios(outputs: list[str], references: References) -> list[float]:
 
     Padding and repetition push it above 1, empty and truncated answers below.
     """
-    return [visible_chars(output) / max(np.mean([visible_chars(ref) for ref in refs]), 1.0)
-            for output, refs in zip(outputs, reference_lists(references))]
+    return [length_ratio(output, refs) for output, refs in zip(outputs, reference_lists(references))]
 
 
 def output_statistics(outputs: list[str], references: References, target_lang: str) -> dict[str, float]:

@@ -28,11 +28,12 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+from sacrebleu.metrics import CHRF
 
 from eval.alignment_tax import free
 from eval.hacking import best_constant_answer, output_statistics
 from eval.stats import bootstrap_mean_ci
-from eval.task_metrics import embedding_similarities, per_example_scores
+from eval.task_metrics import embedding_similarities
 from grpo.cli import build_reward_from_config, exit_code_of
 from grpo.config import GRPOConfig, load_config
 from grpo.errors import DataError
@@ -40,6 +41,7 @@ from grpo.models import load_model, load_tokenizer
 from grpo.rollout import greedy_completions
 from grpo.training_run import load_task_examples
 from rewards.base import example_references
+from rewards.lexical import best_chrf
 from rewards.embedding import EmbeddingCosineReward, build_encoder
 
 DEFAULT_DEV_LIMIT = 200
@@ -66,8 +68,9 @@ def score_outputs(outputs: list[str], examples: list[dict], reward_fn, encoder, 
     """Per-item scores (reward, chrF, similarity) and the corpus-level statistics of one set of outputs."""
     references = [example_references(example, "summary") for example in examples]
     rewards = reward_fn([example["prompt"] for example in examples], outputs, examples).values
+    chrf = CHRF()
     per_item = {"reward": [float(r) for r in rewards],
-                "chrf": per_example_scores(outputs, references, target_lang)["chrf"],
+                "chrf": [best_chrf(chrf, output, refs) for output, refs in zip(outputs, references)],
                 "similarity": embedding_similarities(outputs, references, encoder)}
     corpus = {"reward": float(np.nanmean(rewards)), "similarity": float(np.mean(per_item["similarity"])),
               **output_statistics(outputs, references, target_lang)}

@@ -51,6 +51,11 @@ def visible_chars(text: str) -> int:
     return sum(1 for char in text if not char.isspace())
 
 
+def length_ratio(text: str, references: list[str]) -> float:
+    """Visible characters of `text` over the mean of its references': |text| / ((1/k) sum_j |ref_j|)."""
+    return visible_chars(text) / max(float(np.mean([visible_chars(ref) for ref in references])), 1.0)
+
+
 class LengthRatioPenalty:
     """A penalty for outputs much longer than their references: a guard against padding.
 
@@ -72,8 +77,7 @@ class LengthRatioPenalty:
         self, prompts: list[str], completions: list[str], examples: list[dict]
     ) -> RewardOutput:
         check_batch(prompts, completions, examples)
-        ratios = np.array([
-            visible_chars(completion) / max(np.mean([visible_chars(t) for t in example_references(e, self.name)]), 1.0)
-            for completion, e in zip(completions, examples)])
+        ratios = np.array([length_ratio(completion, example_references(e, self.name))
+                           for completion, e in zip(completions, examples)])
         values = -np.clip(ratios - self.max_ratio, 0.0, 1.0)
         return RewardOutput(values=values, components={self.name: values})
