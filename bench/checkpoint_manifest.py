@@ -1,7 +1,7 @@
 """What the checkpoint manifest costs: `python -m bench.checkpoint_manifest [MODEL ...]`.
 
 Saves a full-weights checkpoint (model, tokenizer, AdamW state after one
-step) with `grpo.checkpoint.save_checkpoint` and reports the seconds of the
+step) with `grpo.run.checkpoint.save_checkpoint` and reports the seconds of the
 whole save, of writing its manifest (hashing every file with SHA-256) within
 it, and of verifying it as a resume does. Prints one JSON object per model.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from grpo import checkpoint as ckpt
-from grpo.models import load_model
+from grpo.run import checkpoint as ckpt
+from grpo.run.models import load_model
 
 
 def measure(model_name: str) -> dict:

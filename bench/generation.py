@@ -45,10 +45,11 @@ def synchronize(device: str) -> None:
 
 def time_rollouts(mode: str, overrides: dict, rollouts: int, warmup: int, generation_weights: bool) -> dict:
     """Sample `warmup + rollouts` rollouts with the `mode` sampler in this process and time each."""
-    from grpo.config import GRPOConfig, load_config
-    from grpo.models import load_model
-    from grpo.static_rollout import make_sampler
-    from grpo.training_run import autocast, load_task_examples
+    from grpo.config import GRPOConfig
+    from grpo.run.config import load_config
+    from grpo.run.models import load_model
+    from grpo.run.training_run import autocast, load_task_examples
+    from grpo.static_rollout import make_rollout_sampler
 
     overrides = dict(overrides)
     prompt_tokens = int(overrides.pop("prompt_tokens", 0))
@@ -63,7 +64,7 @@ def time_rollouts(mode: str, overrides: dict, rollouts: int, warmup: int, genera
         examples = cut_prompts(examples, tokenizer, prompt_tokens)
     prompts = [examples[i % len(examples)]["prompt"] for i in range(cfg.prompts_per_step)]
     bf16_weights = cfg.mixed_precision == "bf16" and generation_weights
-    sampler = make_sampler(mode, torch.bfloat16 if bf16_weights else None)
+    sampler = make_rollout_sampler(mode, torch.bfloat16 if bf16_weights else None)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
 
     durations = []
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--one", choices=MODES, help="run one mode in this process and print its JSON")
     parser.add_argument("--out", help="also write the results as JSON here")
     args, rest = parser.parse_known_args()
-    from grpo.config import parse_value
+    from grpo.run.config import parse_value
 
     if args.one:
         values = {key: parse_value(value) for key, value in (item.split("=", 1) for item in rest)}

@@ -99,7 +99,7 @@ def count_parameters(model_name: str) -> int:
     """Parameters of a model, counted on the meta device (no weights are read: a 4B model would take a minute)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from grpo.models import resolve_model_path
+    from grpo.run.models import resolve_model_path
 
     config = AutoConfig.from_pretrained(resolve_model_path(model_name))
     with torch.device("meta"):
@@ -143,10 +143,11 @@ def prompts_cut_to(prompt_tokens: int):
 
 def run(overrides: dict) -> dict:
     """Train for `steps` steps and summarise the timings of the steps after `warmup`."""
-    from grpo.config import GRPOConfig, load_config
-    from grpo.errors import ConfigError
-    from grpo.metrics import read_metrics
     from grpo.cli import train_grpo
+    from grpo.config import GRPOConfig
+    from grpo.run.config import load_config
+    from grpo.run.errors import ConfigError
+    from grpo.run.metrics import read_metrics
 
     steps, warmup = overrides.pop("steps", 5), overrides.pop("warmup", 1)
     prompt_tokens = overrides.pop("prompt_tokens", 0)
@@ -202,19 +203,13 @@ def run(overrides: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from grpo.config import parse_overrides
-    from grpo.cli import USER_ERRORS
+    from grpo.run.config import parse_overrides
+    from grpo.run.errors import exit_code_of
 
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
         return 0
-    try:
-        result = run(dict(parse_overrides(argv)))
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    return 0
+    return exit_code_of(lambda: print(json.dumps(run(dict(parse_overrides(argv))))))
 
 
 if __name__ == "__main__":

@@ -60,10 +60,11 @@ def reset_peak_rss() -> None:
 def measure(variant: str, model_name: str, prompts: int, group_size: int, new_tokens: int, grad: bool,
             gradient_checkpointing: bool = False) -> dict:
     """Run one log-prob pass of `variant` in this process and return its peak memory and time."""
-    from grpo.config import GRPOConfig, load_config
+    from grpo.config import GRPOConfig
     from grpo.logprobs import auto_chunk_tokens, checkpoint_decoder_layers, completion_logprobs
-    from grpo.models import load_model
-    from grpo.training_run import load_task_examples
+    from grpo.run.config import load_config
+    from grpo.run.models import load_model
+    from grpo.run.training_run import load_task_examples
 
     torch.manual_seed(0)
     model, tokenizer = load_model(model_name)

@@ -44,7 +44,7 @@ def build(arch: str, tokenizer_dir: str, out: str, seed: int = 0, dtype: str = "
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from grpo.models import DTYPES
+    from grpo.run.models import DTYPES
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     fields = dict(ARCHITECTURES[arch])

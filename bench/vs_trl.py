@@ -48,9 +48,10 @@ def run_trl(overrides: dict) -> dict:
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
-    from grpo.config import GRPOConfig, load_config
-    from grpo.models import load_model
-    from grpo.training_run import load_task_examples
+    from grpo.config import GRPOConfig
+    from grpo.run.config import load_config
+    from grpo.run.models import load_model
+    from grpo.run.training_run import load_task_examples
     from rewards.embedding import EmbeddingCosineReward, USEEncoder
 
     settings = trl_settings(overrides)
@@ -120,7 +121,7 @@ def main() -> None:
                         help="cut every prompt to its last N tokens, leaving out shorter ones (0: as they are)")
     parser.add_argument("--out", help="also write the results as JSON here")
     args, rest = parser.parse_known_args()
-    from grpo.config import parse_value
+    from grpo.run.config import parse_value
 
     # bf16 on both sides means autocast over fp32 weights and fp32 optimizer state (TRL's bf16=True).
     overrides = [*rest, "mixed_precision=bf16"] if args.dtype == "bfloat16" else rest

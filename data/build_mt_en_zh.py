@@ -78,7 +78,7 @@ def split_terms(records: list[dict], seed: int) -> dict[str, list[dict]]:
 
 def build(mt_dir: Path, seed: int) -> dict[str, list[dict]]:
     """The three splits: data/mt's records (English source, same split) plus the further CLDR terms."""
-    from grpo.data import read_jsonl
+    from grpo.run.data import read_jsonl
 
     splits = {split: [english_source(r) for r in read_jsonl(mt_dir / f"{split}.jsonl")] for split in SPLITS}
     known = {record["id"] for members in splits.values() for record in members}

@@ -42,9 +42,9 @@ import torch
 
 from eval.drift import DriftResult, check_same_tokenizer, load_drift_texts
 from eval.suite import DEFAULT_SUITE, Suite, load_suite
-from grpo.checkpoint import latest_checkpoint
-from grpo.errors import DataError, ModelError, UserError
-from grpo.models import BUILTIN_MODELS, DTYPES, TINY_MODEL, load_model, load_tokenizer
+from grpo.run.checkpoint import latest_checkpoint
+from grpo.run.errors import DataError, ModelError, UserError, exit_code_of
+from grpo.run.models import BUILTIN_MODELS, DTYPES, TINY_MODEL, load_model, load_tokenizer
 
 DEFAULT_OUT_DIR = Path("runs") / "alignment-tax"
 
@@ -316,17 +316,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        suite = load_suite(args.suite)
-        check_models(args)
-        if args.tuned:  # drift compares a tuned model with the base
-            check_drift_texts(suite)
-        out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        report, drift_results = measure(args, suite, out_dir)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_code_of(lambda: measure_and_write(args))
+
+
+def measure_and_write(args) -> None:
+    """Measure the suite, then write and print the table, the JSON report, the drift arrays and the plots."""
+    suite = load_suite(args.suite)
+    check_models(args)
+    if args.tuned:  # drift compares a tuned model with the base
+        check_drift_texts(suite)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report, drift_results = measure(args, suite, out_dir)
     table = markdown_report(report, suite)
     (out_dir / "alignment_tax.md").write_text(table, encoding="utf-8")
     (out_dir / "alignment_tax.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -334,7 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     note = write_plots(out_dir, report, suite, drift_results)
     print("\n" + table)
     print(f"{note}\nwritten to {out_dir}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.drift import pad_sequences, pad_token_id
-from grpo.data import read_jsonl
-from grpo.errors import DataError
 from grpo.logprobs import completion_hidden_states, head_logits, lm_head
+from grpo.run.data import read_jsonl
+from grpo.run.errors import DataError
 
 DEFAULT_BATCH_SIZE = 16
 

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from grpo.data import render_prompt
-from grpo.errors import DataError
 from grpo.rollout import greedy_completions
+from grpo.run.data import render_prompt
+from grpo.run.errors import DataError
 
 # The official script's punctuation list, in its order. "……" is a
 # two-character string, so the script's per-character test never matches it

@@ -27,9 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.cmrc import load_cmrc
-from grpo.data import read_jsonl
-from grpo.errors import DataError, ModelError
 from grpo.logprobs import completion_hidden_states, head_logits, lm_head
+from grpo.run.data import read_jsonl
+from grpo.run.errors import DataError, ModelError
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_BATCH_SIZE = 8

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
-    from grpo.cli import exit_code_of
+    from grpo.run.errors import exit_code_of
 
     parser = argparse.ArgumentParser(prog="python -m eval.hacking", description=main.__doc__.split("\n\n")[0])
     parser.add_argument("preset", nargs="?", default="configs/mt.toml")
@@ -188,11 +188,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def hacking_report(args) -> str:
     """What `python -m eval.hacking` prints: the hacking table, or the measured outputs' statistics."""
-    from grpo.cli import build_reward_from_config
-    from grpo.config import GRPOConfig, load_config
-    from grpo.data import read_jsonl
-    from grpo.models import load_tokenizer
-    from grpo.training_run import load_task_examples
+    from grpo.config import GRPOConfig, build_reward_from_config
+    from grpo.run.config import load_config
+    from grpo.run.data import read_jsonl
+    from grpo.run.models import load_tokenizer
+    from grpo.run.training_run import load_task_examples
 
     cfg = load_config(GRPOConfig, args.preset, args.overrides)
     if args.measured:

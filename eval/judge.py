@@ -33,9 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.next_token import first_token_ids, next_token_logprobs
-from grpo.data import read_jsonl, render_prompt
-from grpo.errors import ConfigError, DataError, UserError
-from grpo.models import DTYPES, load_model
+from grpo.run.data import read_jsonl, render_prompt
+from grpo.run.errors import ConfigError, DataError, exit_code_of
+from grpo.run.models import DTYPES, load_model
 
 DEFAULT_TEMPLATE = Path(__file__).with_name("judge_prompt.txt")
 PLACEHOLDERS = ("source", "reference", "output_a", "output_b")
@@ -212,23 +212,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        template = read_template(args.template)
-        pairs = pair_outputs(read_outputs(args.a), read_outputs(args.b))
-        if args.limit > 0:
-            pairs = pairs[: args.limit]
-        model, tokenizer = load_model(args.judge, dtype=args.dtype, device=args.device)
-        rows = judge_pairs(model, tokenizer, template, pairs, args.prompt_format, args.batch_size, not args.quiet)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_code_of(lambda: judge_and_report(args))
+
+
+def judge_and_report(args) -> None:
+    """Judge the pairs of outputs, print the summary and write the --out report."""
+    template = read_template(args.template)
+    pairs = pair_outputs(read_outputs(args.a), read_outputs(args.b))
+    if args.limit > 0:
+        pairs = pairs[: args.limit]
+    model, tokenizer = load_model(args.judge, dtype=args.dtype, device=args.device)
+    rows = judge_pairs(model, tokenizer, template, pairs, args.prompt_format, args.batch_size, not args.quiet)
     summary = summarise(rows, args.resamples, args.seed)
     print(format_summary(summary, args.a, args.b))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         report = {"judge": args.judge, "a": args.a, "b": args.b, "template": args.template, **summary, "verdicts": rows}
         Path(args.out).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    return 0
 
 
 if __name__ == "__main__":

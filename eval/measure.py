@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.cloze import score_cloze, load_cloze_items
+from eval.cloze import load_cloze_items, score_cloze
 from eval.drift import load_drift_texts, measure_drift, measure_task_kl
 from eval.task_metrics import per_example_scores
-from grpo.config import GRPOConfig, load_config
-from grpo.data import keep_short_prompts, make_examples, read_jsonl
+from grpo.config import GRPOConfig
 from grpo.rollout import greedy_completions, sample_groups
+from grpo.run.config import load_config
+from grpo.run.data import keep_short_prompts, make_examples, read_jsonl
 
 GENERAL_DIR = Path("data/general")
 

@@ -51,9 +51,9 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.next_token import first_token_ids, next_token_logprobs
-from grpo.data import render_prompt
-from grpo.errors import DataError, ModelError
 from grpo.logprobs import completion_logprobs
+from grpo.run.data import render_prompt
+from grpo.run.errors import DataError, ModelError
 
 LETTERS = ("A", "B", "C", "D")
 COLUMNS = ("question", "a", "b", "c", "d", "answer")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from grpo.errors import ModelError
 from grpo.logprobs import lm_head, logprobs_from_hidden, position_ids_from_mask
+from grpo.run.errors import ModelError
 
 
 def first_token_ids(tokenizer, words: list[str]) -> list[int]:

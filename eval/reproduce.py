@@ -113,14 +113,14 @@ def sft_run(task: str, lr: float, steps: int, save_every: int, plan: Plan, out: 
     # The paper's strong SFT: every training example may be drawn; epochs=0 lets max_steps decide.
     command = ("-m", "baselines.sft", PRESETS[task]["sft"], f"out_dir={out / name}", "overwrite=true",
                f"lr={lr}", "epochs=0", f"max_steps={steps}", f"save_every={save_every}", "keep_checkpoints=100",
-               "grad_accum_steps=1", f"seed={seed}", *CONSTANT_LR, *plan.sft_args)
+               "micro_batch_size=0", f"seed={seed}", *CONSTANT_LR, *plan.sft_args)
     return Run(name, task, "sft", command, tuple(range(save_every, steps + 1, save_every)), lr)
 
 
 def cold_start_run(task: str, plan: Plan, out: Path, seed: int = 0) -> Run:
     name = f"cold-start-{task}" + (f"-s{seed}" if seed else "")
     command = ("-m", "baselines.sft", PRESETS[task]["cold_start"], f"out_dir={out / name}", "overwrite=true",
-               "grad_accum_steps=1", f"seed={seed}", *plan.sft_args)
+               "micro_batch_size=0", f"seed={seed}", *plan.sft_args)
     return Run(name, task, "cold-start", command, ())
 
 
@@ -227,7 +227,7 @@ class Stages:
             print(f"[skip] measurements of {task}: all {len(targets)} exist")
             return
         from eval.measure import load_task, measure_checkpoint, summarise
-        from grpo.models import load_model
+        from grpo.run.models import load_model
         from rewards.embedding import build_encoder
 
         sizes = replace(self.plan.probes, mmlu=mmlu)
@@ -290,7 +290,7 @@ class Stages:
 
     def report(self, tasks: list[str]) -> None:
         from eval.report import write_report
-        from grpo.plot import plot_runs
+        from grpo.run.plot import plot_runs
 
         write_report(self.results, tasks, TASK_SCORE)
         for task in tasks:  # training curves of the sweep runs still on disk

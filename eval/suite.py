@@ -35,10 +35,10 @@ from pathlib import Path
 from eval.cloze import DEFAULT_BATCH_SIZE as CLOZE_BATCH_SIZE
 from eval.cloze import evaluate_cloze
 from eval.cmrc import DEFAULT_MAX_NEW_TOKENS, evaluate_cmrc
-from eval.drift import DRIFT_CHUNK_POSITIONS, DEFAULT_MAX_TOKENS, DriftResult, load_drift_texts, measure_drift
+from eval.drift import DEFAULT_MAX_TOKENS, DRIFT_CHUNK_POSITIONS, DriftResult, load_drift_texts, measure_drift
 from eval.multiple_choice import DEFAULT_SCORING, HEADERS, SCORINGS, SPLITS, evaluate_multiple_choice
-from grpo.config import check, load_config, option, read_toml
-from grpo.errors import ConfigError
+from grpo.run.config import check, load_config, option, read_toml
+from grpo.run.errors import ConfigError
 
 DEFAULT_SUITE = Path("configs") / "alignment_suite.toml"
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
-from grpo.errors import DataError
+from grpo.run.errors import DataError
 from rewards.embedding import EmbeddingCosineReward, Encoder
 from rewards.language import LANGUAGE_SCRIPTS, is_consistent, scripts_for_language
 from rewards.lexical import best_chrf, bleu_tokenizer_for, percent_to_unit

@@ -34,15 +34,15 @@ from eval.alignment_tax import free
 from eval.hacking import best_constant_answer, output_statistics
 from eval.stats import bootstrap_mean_ci
 from eval.task_metrics import embedding_similarities
-from grpo.cli import build_reward_from_config, exit_code_of
-from grpo.config import GRPOConfig, load_config
-from grpo.errors import DataError
-from grpo.models import load_model, load_tokenizer
+from grpo.config import GRPOConfig, build_reward_from_config
 from grpo.rollout import greedy_completions
-from grpo.training_run import load_task_examples
+from grpo.run.config import load_config
+from grpo.run.errors import DataError, exit_code_of
+from grpo.run.models import load_model, load_tokenizer
+from grpo.run.training_run import load_task_examples
 from rewards.base import example_references
-from rewards.lexical import best_chrf
 from rewards.embedding import EmbeddingCosineReward, build_encoder
+from rewards.lexical import best_chrf
 
 DEFAULT_DEV_LIMIT = 200
 EXAMPLES_SHOWN = 5

@@ -12,6 +12,28 @@ import torch
 SCALES = ("group", "batch", "none")
 
 
+def centred_group_rewards(rewards: torch.Tensor, group_size: int,
+                          valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each reward minus its group's mean, and the group's spread, over the valid rows only.
+
+        mean_g = sum_i v_gi r_gi / n_g
+        std_g  = sqrt( sum_i v_gi (r_gi - mean_g)^2 / max(n_g - 1, 1) )
+
+    with v_gi = 1 for a valid row and n_g = sum_i v_gi: the unbiased (n - 1)
+    standard deviation, as in TRL; a group with fewer than two valid rows has
+    std 0, and an invalid row is centred to 0.
+
+    Shapes: rewards, valid [B] (B = P * G, grouped contiguously) -> centred [P, G], group_std [P].
+    """
+    valid_grouped = valid.view(-1, group_size).to(rewards.dtype)                   # [P, G]
+    rewards_grouped = torch.where(valid, rewards, 0.0).view(-1, group_size)        # [P, G]
+    count = valid_grouped.sum(dim=1, keepdim=True)                                  # [P, 1]
+    group_mean = rewards_grouped.sum(dim=1, keepdim=True) / count.clamp(min=1)       # [P, 1]
+    centred = (rewards_grouped - group_mean) * valid_grouped                        # [P, G]
+    group_std = (centred.pow(2).sum(dim=1) / (count.squeeze(1) - 1).clamp(min=1)).sqrt()  # [P]
+    return centred, group_std
+
+
 def group_advantages(
     rewards: torch.Tensor,
     group_size: int,
@@ -21,8 +43,8 @@ def group_advantages(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A_i = (r_i - mean_group(r)) / (std + std_offset).
 
-    The standard deviation is the unbiased (n - 1) one, as in TRL, and is
-    taken per group (scale="group", the original GRPO), over the whole batch
+    The mean and the unbiased (n - 1) standard deviation are
+    `centred_group_rewards`'; the standard deviation is taken per group (scale="group", the original GRPO), over the whole batch
     (scale="batch", as in REINFORCE++ / Lite PPO), or not at all
     (scale="none", Dr. GRPO: A_i = r_i - mean_group(r)).
 
@@ -47,20 +69,13 @@ def group_advantages(
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if valid is None:
         valid = torch.ones_like(rewards, dtype=torch.bool)
-    rewards_grouped = torch.where(valid, rewards, 0.0).view(-1, group_size)      # [P, G]
-    valid_grouped = valid.view(-1, group_size).to(rewards.dtype)                   # [P, G]
-    count = valid_grouped.sum(dim=1, keepdim=True)                                  # [P, 1]
-    group_mean = rewards_grouped.sum(dim=1, keepdim=True) / count.clamp(min=1)       # [P, 1]
-    centred = (rewards_grouped - group_mean) * valid_grouped                        # [P, G]
-    group_var = centred.pow(2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)
-    group_std = group_var.sqrt()                                                    # [P, 1]
+    centred, group_std = centred_group_rewards(rewards, group_size, valid)          # [P, G], [P]
     zero_std_groups = (centred.abs().amax(dim=1) == 0)                              # [P]
 
     if scale == "group":
-        advantages = centred / (group_std + std_offset)
+        advantages = centred / (group_std.unsqueeze(1) + std_offset)
     elif scale == "batch":
-        flat_valid = valid_grouped.flatten().bool()
-        batch_std = rewards[flat_valid].std() if flat_valid.sum() > 1 else rewards.new_tensor(0.0)
+        batch_std = rewards[valid].std() if valid.sum() > 1 else rewards.new_tensor(0.0)
         advantages = centred / (batch_std + std_offset)
     else:
         advantages = centred

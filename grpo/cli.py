@@ -6,7 +6,7 @@
 
 This is where the engine (`grpo.trainer.train`) and the paper's reward
 (`rewards.build_reward`) are put together: the trainer takes any reward
-object, and this module builds the one the config describes.
+object, and this module passes it the one the config describes (`grpo.config.build_reward_from_config`).
 """
 
 from __future__ import annotations
@@ -16,42 +16,11 @@ import signal
 import sys
 from pathlib import Path
 
-from grpo import distributed as dist
-from grpo import run_folder
-from grpo.config import GRPOConfig, describe, load_config
-from grpo.errors import UserError
-from rewards import build_reward
-from rewards.errors import RewardError
-
-USER_ERRORS = (UserError, RewardError)  # printed as one line, without a traceback
-
-
-def exit_code_of(command) -> int:
-    """Run `command()` for a tool's main: 0, or 2 with a user's mistake (USER_ERRORS) as one line on stderr."""
-    try:
-        command()
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def build_reward_from_config(cfg: GRPOConfig):
-    """The reward the config's reward keys describe (the weighted sum of `rewards.build_reward`)."""
-    return build_reward(
-        # The overlong penalty reads token lengths, so the trainer adds it (`sample_and_score`).
-        {term: weight for term, weight in cfg.reward_weights.items() if term != "overlong"},
-        encoder=cfg.encoder,
-        pooling=cfg.encoder_pooling,
-        tau=cfg.tau,
-        length_range=(cfg.length_min, cfg.length_max),
-        length_outside=cfg.length_outside,
-        custom=cfg.custom_reward or None,
-        custom_rewards=dict(cfg.custom_rewards),
-        encoder_device=dist.local_device(cfg.encoder_device),
-        language_gate=cfg.language_gate,
-        max_length_ratio=cfg.max_length_ratio,
-    )
+from grpo.config import GRPOConfig, build_reward_from_config
+from grpo.run import distributed as dist
+from grpo.run import run_folder
+from grpo.run.config import describe, load_config
+from grpo.run.errors import USER_ERRORS
 
 
 def train_grpo(cfg: GRPOConfig):
@@ -97,7 +66,7 @@ def main(argv: list[str] | None = None, config_class=GRPOConfig, run=train_grpo,
         # A checkpoint write says so itself (CheckpointError); this is any other write: metrics, eval outputs.
         if cfg is None or not (err.errno in (errno.ENOSPC, errno.EDQUOT) or unwritable_path(err)):
             raise
-        from grpo.checkpoint import what_is_left
+        from grpo.run.checkpoint import what_is_left
 
         if unwritable_path(err):
             print(f"error: cannot write '{err.filename}' ({err.strerror}); "

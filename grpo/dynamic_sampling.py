@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from grpo import distributed as dist
+from grpo.advantages import centred_group_rewards
 from grpo.rollout import Rollout
+from grpo.run import distributed as dist
 
 
 @dataclass
@@ -39,23 +40,6 @@ class ScoredBatch:
     errors: dict[int, str]              # row -> why its reward failed
     scores: torch.Tensor                # [B] what advantages are computed from: `rewards`, or under
                                         #     normalize_then_sum the sum of group-normalised terms
-
-
-def group_reward_std(scores: torch.Tensor, group_size: int, valid: torch.Tensor) -> torch.Tensor:
-    """The spread of each group's scores: the (n - 1) standard deviation over its valid rows.
-
-        mean_g = sum_i v_gi r_gi / n_g
-        std_g  = sqrt( sum_i v_gi (r_gi - mean_g)^2 / max(n_g - 1, 1) )
-
-    with v_gi = 1 for a valid row and n_g = sum_i v_gi; a group with fewer
-    than two valid rows has std 0. Shapes: scores, valid [B] -> [P].
-    """
-    valid_grouped = valid.view(-1, group_size).to(scores.dtype)                   # [P, G]
-    scores_grouped = torch.where(valid, scores, 0.0).view(-1, group_size)          # [P, G]
-    count = valid_grouped.sum(dim=1)                                               # [P]
-    mean = scores_grouped.sum(dim=1) / count.clamp(min=1)
-    centred = (scores_grouped - mean.unsqueeze(1)) * valid_grouped
-    return (centred.pow(2).sum(dim=1) / (count - 1).clamp(min=1)).sqrt()
 
 
 def concat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
@@ -107,7 +91,7 @@ def fill_with_informative_groups(first: ScoredBatch, sample_more: Callable[[], S
                                  pad_id: int) -> tuple[ScoredBatch, dict]:
     """Keep the groups whose score spread exceeds `tolerance`, sampling more rounds until `num_groups` are kept.
 
-    A group is kept when group_reward_std > tolerance. Kept groups are taken
+    A group is kept when its std (`centred_group_rewards`) > tolerance. Kept groups are taken
     in the order they were sampled; a batch still short after
     `max_extra_rounds` extra rounds is completed with the dropped groups of
     largest spread. Under torchrun every rank samples the same number of
@@ -123,7 +107,7 @@ def fill_with_informative_groups(first: ScoredBatch, sample_more: Callable[[], S
     batch, rounds = first, 0
     while True:
         rounds += 1
-        spread = group_reward_std(batch.scores, group_size, torch.isfinite(batch.rewards))
+        _, spread = centred_group_rewards(batch.scores, group_size, torch.isfinite(batch.rewards))
         for group, std in enumerate(spread.tolist()):
             (kept if std > tolerance else dropped).append((batch, group, std))
         if dist.all_ranks(len(kept) >= num_groups) or rounds > max_extra_rounds:

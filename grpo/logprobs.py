@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from grpo.errors import ModelError
+from grpo.run.errors import ModelError
 
 DEFAULT_CHUNK_TOKENS = 0           # 0: as many positions as fit in CHUNK_LOGITS_BYTES
 CHUNK_LOGITS_BYTES = 128 * 2**20   # float32 logits of one LM-head chunk
@@ -150,7 +150,7 @@ def final_hidden_states(model, input_ids: torch.Tensor, **inputs) -> torch.Tenso
     every pass goes through `model.forward`: with sharded weights that is where
     the root FSDP unit gathers the embeddings, final norm and LM head, and it
     keeps them gathered for the chunked head that follows
-    (`grpo.distributed.shard_model`). `logits_to_keep` names no position, so
+    (`grpo.run.distributed.shard_model`). `logits_to_keep` names no position, so
     the model's own LM head computes nothing, and `output_hidden_states=-1`
     keeps only the last hidden state, which transformers gives after the
     final norm.

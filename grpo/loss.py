@@ -50,7 +50,7 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
 
 
 def importance_log_ratio(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, completion_mask: torch.Tensor, level: str = "token"
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, loss_mask: torch.Tensor, level: str = "token"
 ) -> torch.Tensor:
     """log rho, the log importance ratio of the current policy against the sampling one.
 
@@ -64,8 +64,8 @@ def importance_log_ratio(
     if level == "token":
         return token_log_ratio
     if level == "sequence":
-        lengths = completion_mask.sum(dim=1, keepdim=True).clamp(min=1.0)
-        sequence_log_ratio = (token_log_ratio * completion_mask).sum(dim=1, keepdim=True) / lengths  # [B, 1]
+        lengths = loss_mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        sequence_log_ratio = (token_log_ratio * loss_mask).sum(dim=1, keepdim=True) / lengths  # [B, 1]
         return sequence_log_ratio.expand_as(token_log_ratio)
     raise ValueError(f"level must be one of {IMPORTANCE_LEVELS}, got {level!r}")
 
@@ -131,11 +131,11 @@ class Normaliser:
     max_new_tokens: int
 
     @staticmethod
-    def of(completion_mask: torch.Tensor, max_new_tokens: int) -> "Normaliser":
-        return Normaliser(float(completion_mask.shape[0]), float(completion_mask.sum()), max_new_tokens)
+    def of(loss_mask: torch.Tensor, max_new_tokens: int) -> "Normaliser":
+        return Normaliser(float(loss_mask.shape[0]), float(loss_mask.sum()), max_new_tokens)
 
 
-def aggregate(per_token_loss: torch.Tensor, completion_mask: torch.Tensor, mode: str, norm: Normaliser) -> torch.Tensor:
+def aggregate(per_token_loss: torch.Tensor, loss_mask: torch.Tensor, mode: str, norm: Normaliser) -> torch.Tensor:
     """Reduce [B, T] per-token losses to the scalar that is differentiated.
 
         seq-mean-token-mean (GRPO):          (1/N) sum_i (1/|o_i|) sum_t m_it L_it
@@ -146,9 +146,9 @@ def aggregate(per_token_loss: torch.Tensor, completion_mask: torch.Tensor, mode:
     batch, so a micro-batch returns its share of the batch loss and shares
     add up to the full-batch loss.
     """
-    masked = per_token_loss * completion_mask
+    masked = per_token_loss * loss_mask
     if mode == "seq-mean-token-mean":
-        lengths = completion_mask.sum(dim=1).clamp(min=1.0)
+        lengths = loss_mask.sum(dim=1).clamp(min=1.0)
         return (masked.sum(dim=1) / lengths).sum() / norm.num_sequences
     if mode == "token-mean":
         return masked.sum() / max(norm.num_tokens, 1.0)
@@ -167,7 +167,7 @@ def grpo_loss(
     old_logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor | None,
     advantages: torch.Tensor,
-    completion_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
     norm: Normaliser,
     *,
     eps_low: float = 0.2,
@@ -192,27 +192,29 @@ def grpo_loss(
             but its gradient is grad(logp), so no second forward pass is needed.
         ref_logprobs: [B, T] reference log-probs, or None when beta == 0.
         advantages: [B].
-        completion_mask: [B, T] float.
+        loss_mask: [B, T] float, 1 for a token that counts in the loss: a completion token (up to
+            and including EOS) of a sample whose reward did not fail (and, with mask_truncated, that
+            was not cut at max_new_tokens).
         norm: batch-level denominators (see `Normaliser`).
 
     Returns:
         loss (scalar) and detached statistics averaged over this micro-batch's
         tokens: kl, clip_low, clip_high, clip_region, and clip_delta when delta > 0.
     """
-    log_ratio = importance_log_ratio(logprobs, old_logprobs, completion_mask, importance_level)
+    log_ratio = importance_log_ratio(logprobs, old_logprobs, loss_mask, importance_level)
     per_token_loss, clipped_low, clipped_high = clipped_surrogate(log_ratio, advantages, eps_low, eps_high)
     stats = {}
     if delta > 0.0:
         per_token_loss, capped = two_sided_clip(per_token_loss, advantages, delta)
-        stats["clip_delta"] = masked_mean(capped.float(), completion_mask)
+        stats["clip_delta"] = masked_mean(capped.float(), loss_mask)
     if beta > 0.0:
         if ref_logprobs is None:
             raise ValueError("beta > 0 needs ref_logprobs")
         kl = kl_estimate(logprobs, ref_logprobs, kl_estimator)
         per_token_loss = per_token_loss + beta * kl
-        stats["kl"] = masked_mean(kl.detach(), completion_mask)
-    loss = aggregate(per_token_loss, completion_mask, aggregation, norm)
-    stats["clip_low"] = masked_mean(clipped_low.float(), completion_mask)
-    stats["clip_high"] = masked_mean(clipped_high.float(), completion_mask)
-    stats["clip_region"] = masked_mean((clipped_low | clipped_high).float(), completion_mask)
+        stats["kl"] = masked_mean(kl.detach(), loss_mask)
+    loss = aggregate(per_token_loss, loss_mask, aggregation, norm)
+    stats["clip_low"] = masked_mean(clipped_low.float(), loss_mask)
+    stats["clip_high"] = masked_mean(clipped_high.float(), loss_mask)
+    stats["clip_region"] = masked_mean((clipped_low | clipped_high).float(), loss_mask)
     return loss, stats

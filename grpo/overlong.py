@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from grpo.errors import ConfigError
+from grpo.run.errors import ConfigError
 
 
 def soft_overlong_penalty(lengths: np.ndarray, max_tokens: int, buffer: int) -> np.ndarray:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from grpo import distributed as dist
 from grpo.logprobs import position_ids_from_mask
+from grpo.run import distributed as dist
 
 
 @dataclass
@@ -114,6 +114,41 @@ def eos_ids_of(tokenizer, model=None) -> list[int]:
     return sorted(ids)
 
 
+def encode_prompts(model, tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The start of every sampler: prompts left-padded on the model's device, and the ids that end a completion.
+
+    Shapes: -> prompt_ids [P, Lp], prompt_mask [P, Lp], eos_token_ids [E].
+    """
+    device = next(model.parameters()).device
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    eos_token_ids = torch.tensor(eos_ids_of(tokenizer, model), device=device)
+    return encoded.input_ids, encoded.attention_mask, eos_token_ids
+
+
+def finish_rollout(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                   eos_token_ids: torch.Tensor, pad_id: int, group_size: int, ignore_eos: bool) -> Rollout:
+    """The end of every sampler: each prompt repeated for its group, each completion cut after its first EOS.
+
+    Tokens after a row's EOS become pad and leave the mask; columns after the
+    last row's EOS are dropped, so a sampler that ran a few steps past it
+    returns what one that stopped there would. With ignore_eos every token
+    counts and every row is truncated.
+
+    Shapes: prompt_ids, prompt_mask [P, Lp], completion_ids [B, T] (B = P * G) -> Rollout with Lc <= T.
+    """
+    prompt_ids = prompt_ids.repeat_interleave(group_size, dim=0)                    # [B, Lp]
+    prompt_mask = prompt_mask.repeat_interleave(group_size, dim=0)
+    if ignore_eos:
+        completion_mask = torch.ones_like(completion_ids, dtype=torch.float)
+        truncated = torch.ones(completion_ids.shape[0], dtype=torch.bool, device=completion_ids.device)
+        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
+    completion_mask, truncated = completion_mask_after_eos(completion_ids, eos_token_ids)
+    width = int(completion_mask.sum(dim=1).max())
+    completion_ids, completion_mask = completion_ids[:, :width], completion_mask[:, :width]
+    completion_ids = torch.where(completion_mask.bool(), completion_ids, pad_id)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
+
+
 @torch.no_grad()  # not inference_mode: these tensors feed the autograd pass later
 def sample_groups(
     model,
@@ -137,10 +172,7 @@ def sample_groups(
         generator: a seeded torch.Generator for reproducible samples.
         ignore_eos: keep sampling past EOS (fixed-length completions for timing).
     """
-    device = next(model.parameters()).device
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    prompt_ids, prompt_mask = encoded.input_ids, encoded.attention_mask          # [P, Lp]
-    eos_token_ids = torch.tensor(eos_ids_of(tokenizer, model), device=device)
+    prompt_ids, prompt_mask, eos_token_ids = encode_prompts(model, tokenizer, prompts)  # [P, Lp], [P, Lp], [E]
     pad_id = tokenizer.pad_token_id
 
     # Prefill each distinct prompt once, then give every group member a copy of its cache.
@@ -155,13 +187,10 @@ def sample_groups(
     )
     cache.batch_repeat_interleave(group_size)
     next_logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)         # [B, V]
-    prompt_ids = prompt_ids.repeat_interleave(group_size, dim=0)                 # [B, Lp]
-    prompt_mask = prompt_mask.repeat_interleave(group_size, dim=0)
-    attention_mask = prompt_mask.clone()
-    next_position = prompt_mask.sum(dim=1, keepdim=True)                         # [B, 1]
+    attention_mask = prompt_mask.repeat_interleave(group_size, dim=0)            # [B, Lp], grows a column a step
+    next_position = attention_mask.sum(dim=1, keepdim=True)                      # [B, 1]
 
-    batch = prompt_ids.shape[0]
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    finished = torch.zeros(attention_mask.shape[0], dtype=torch.bool, device=attention_mask.device)
     tokens = []
     for step in range(max_new_tokens):
         next_token = sample_next_token(next_logits, temperature, top_k, top_p, generator)
@@ -188,13 +217,7 @@ def sample_groups(
         next_position = next_position + 1
 
     completion_ids = torch.stack(tokens, dim=1)                                  # [B, Lc]
-    if ignore_eos:
-        completion_mask = torch.ones_like(completion_ids, dtype=torch.float)
-        truncated = torch.ones(batch, dtype=torch.bool, device=device)
-    else:
-        completion_mask, truncated = completion_mask_after_eos(completion_ids, eos_token_ids)
-        completion_ids = torch.where(completion_mask.bool(), completion_ids, pad_id)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
+    return finish_rollout(prompt_ids, prompt_mask, completion_ids, eos_token_ids, pad_id, group_size, ignore_eos)
 
 
 def decode_completions(tokenizer, rollout: Rollout) -> list[str]:

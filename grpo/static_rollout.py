@@ -38,17 +38,17 @@ from torch import nn
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
-from grpo.errors import ModelError
 from grpo.logprobs import position_ids_from_mask
 from grpo.rollout import (
     Rollout,
-    completion_mask_after_eos,
     draw_tokens,
-    eos_ids_of,
+    encode_prompts,
     exponential_noise,
+    finish_rollout,
     sample_groups,
     sampling_probs,
 )
+from grpo.run.errors import ModelError
 
 GENERATION_MODES = ("eager", "static", "compiled")
 MIN_PROMPT_BUCKET = 16
@@ -201,10 +201,8 @@ class StaticSampler:
         ignore_eos: bool = False,
     ) -> Rollout:
         """Sample `group_size` completions for each prompt; the arguments are those of `rollout.sample_groups`."""
-        device = next(model.parameters()).device
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        prompt_ids, prompt_mask = encoded.input_ids, encoded.attention_mask          # [P, Lp]
-        eos_token_ids = torch.tensor(eos_ids_of(tokenizer, model), device=device)
+        prompt_ids, prompt_mask, eos_token_ids = encode_prompts(model, tokenizer, prompts)  # [P, Lp], [P, Lp], [E]
+        device = prompt_ids.device
         pad_id = tokenizer.pad_token_id
         batch = prompt_ids.shape[0] * group_size
         bucket = prompt_bucket(prompt_ids.shape[1])
@@ -253,23 +251,12 @@ class StaticSampler:
                                            temperature, top_k, top_p)
                 positions = positions + 1
 
-        completion_ids = completion_ids[:, :steps]                                      # [B, Lc]
-        prompt_ids = prompt_ids.repeat_interleave(group_size, dim=0)                    # [B, Lp]
-        prompt_mask = prompt_mask.repeat_interleave(group_size, dim=0)
-        if ignore_eos:
-            completion_mask = torch.ones_like(completion_ids, dtype=torch.float)
-            truncated = torch.ones(batch, dtype=torch.bool, device=device)
-            return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
-        # Up to check_every - 1 steps ran after the last row finished; the eager
-        # sampler stops at that row's EOS, so its completions are this wide.
-        completion_mask, truncated = completion_mask_after_eos(completion_ids, eos_token_ids)
-        width = int(completion_mask.sum(dim=1).max())
-        completion_ids, completion_mask = completion_ids[:, :width], completion_mask[:, :width]
-        completion_ids = torch.where(completion_mask.bool(), completion_ids, pad_id)
-        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
+        # Up to check_every - 1 steps may have run after the last row's EOS: finish_rollout drops them.
+        return finish_rollout(prompt_ids, prompt_mask, completion_ids[:, :steps], eos_token_ids, pad_id,
+                              group_size, ignore_eos)
 
 
-def make_sampler(generation: str, weights_dtype: torch.dtype | None = None):
+def make_rollout_sampler(generation: str, weights_dtype: torch.dtype | None = None):
     """The rollout function of a `generation` mode; each takes the arguments of `rollout.sample_groups`.
 
     eager: `rollout.sample_groups`; static: a StaticSampler; compiled: a

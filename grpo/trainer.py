@@ -11,7 +11,7 @@
         7. log metrics   8. evaluate on dev   9. checkpoint
 
 What GRPO shares with the SFT baseline (run folder, data, optimizer, resume,
-save) is in `grpo.training_run`.
+save) is in `grpo.run.training_run`.
 """
 
 from __future__ import annotations
@@ -25,32 +25,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grpo import distributed as dist
-from grpo import lora
-from grpo import run_folder
+from eval.dev_outputs import generate_dev_outputs
 from grpo.advantages import group_advantages, normalize_then_sum
 from grpo.config import GRPOConfig
 from grpo.dynamic_sampling import ScoredBatch, fill_with_informative_groups
-from grpo.guards import NonFiniteGuard, TooManySkippedSteps, check_reward_failures, score_with_fallback
 from grpo.logprobs import TokenLogprobs, checkpoint_decoder_layers, completion_logprobs
 from grpo.loss import Normaliser, grpo_loss, masked_mean
-from grpo.metrics import MetricsLogger
-from grpo.models import load_model
 from grpo.overlong import soft_overlong_penalty
 from grpo.rollout import Rollout, decode_completions
-from grpo.static_rollout import make_sampler
-from grpo.training_run import (
+from grpo.run import distributed as dist
+from grpo.run import lora, run_folder
+from grpo.run.errors import ConfigError
+from grpo.run.guards import NonFiniteGuard, TooManySkippedSteps, check_reward_failures, score_with_fallback
+from grpo.run.metrics import MetricsLogger
+from grpo.run.models import load_model
+from grpo.run.training_run import (
     Checkpointer,
     ExampleSampler,
     PhaseTimer,
     PromptRoom,
-    Run,
+    RunPlace,
     autocast,
     begin_logging,
     clip_and_step,
     data_digests,
     finish_run,
-    generate_dev_outputs,
     is_due,
     load_resume_state,
     load_task_examples,
@@ -62,6 +61,7 @@ from grpo.training_run import (
     warmup_cosine,
     write_eval_rows,
 )
+from grpo.static_rollout import make_rollout_sampler
 
 
 # --------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def sample_and_score(run: GRPORun, timer: PhaseTimer) -> ScoredBatch:
     cfg = run.cfg
     # 1. Take a batch of prompts (this rank's share of the global batch);
     #    each completion carries its prompt's example.
-    global_batch = run.sampler.take(cfg.prompts_per_step * run.place.world_size)
+    global_batch = run.example_sampler.take(cfg.prompts_per_step * run.place.world_size)
     mine = global_batch[run.place.rank * cfg.prompts_per_step : (run.place.rank + 1) * cfg.prompts_per_step]
     batch_examples = [run.train_examples[i] for i in mine]
     examples = [e for e in batch_examples for _ in range(cfg.group_size)]
@@ -176,9 +176,16 @@ def sample_and_score(run: GRPORun, timer: PhaseTimer) -> ScoredBatch:
 def reward_term_weights(reward_fn, cfg: GRPOConfig) -> dict[str, float]:
     """Each reward term's name and weight: the weighted sum's terms, and the overlong penalty when on.
 
-    A reward that is not a weighted sum is one term, "reward", of weight 1.
+    A reward with a `weights` mapping (term name -> weight, as `rewards.WeightedSum`
+    has) is read term by term; any other reward is one term, "reward", of
+    weight 1, which normalize_then_sum cannot split, so it is refused there.
     """
-    weights = dict(getattr(reward_fn, "weights", None) or {"reward": 1.0})
+    term_weights = getattr(reward_fn, "weights", None)
+    if cfg.reward_normalization == "normalize_then_sum" and not isinstance(term_weights, dict):
+        raise ConfigError("reward_normalization = normalize_then_sum normalises each term of the reward, but the "
+                          f"reward given ({type(reward_fn).__name__}) has no `weights` mapping of its terms; "
+                          "give it one (as rewards.WeightedSum has) or use sum_then_normalize")
+    weights = dict(term_weights or {"reward": 1.0})
     if cfg.overlong_buffer:
         weights["overlong"] = float(cfg.reward_weights.get("overlong", 1.0))
     return weights
@@ -339,7 +346,7 @@ def step_metrics(run: GRPORun, scored: ScoredBatch, advantages: torch.Tensor, ze
         "skipped_updates": update.skipped,
         "skipped_updates_total": run.guard.total,
         "lr": run.scheduler.get_last_lr()[0],
-        "epoch": run.sampler.epochs_done,
+        "epoch": run.example_sampler.epochs_done,
         **timer.seconds(),
         "tokens_per_second": float(lengths.sum()) * run.place.world_size / max(timer.total(), 1e-9),
         # tokens one policy forward pass reads: each group's prompt once (shared pass) or G times
@@ -422,7 +429,7 @@ def evaluate(run: GRPORun, step: int) -> dict:
 class GRPORun:
     """Everything a GRPO step works with, as `set_up` builds (or restores) it."""
 
-    place: Run                          # processes, run folder, checkpoint resumed from
+    place: RunPlace                          # processes, run folder, checkpoint resumed from
     model: torch.nn.Module              # the policy pi_theta
     tokenizer: object
     reference: Reference | None         # pi_ref, None when beta = 0
@@ -432,7 +439,7 @@ class GRPORun:
     dev_examples: list[dict]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    sampler: ExampleSampler             # which prompts come next
+    example_sampler: ExampleSampler             # which prompts come next
     generator: torch.Generator          # the sampling generator, on the model's device
     rollout_sampler: object             # `rollout.sample_groups` or a static sampler (`generation`)
     guard: NonFiniteGuard
@@ -472,8 +479,8 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
                               cfg.min_lr_ratio)
     # On the model's device: torch.multinomial on a GPU needs a GPU generator.
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + place.rank)
-    sampler = ExampleSampler(len(train_examples), cfg.seed)
-    checkpoints = Checkpointer(place, model, tokenizer, optimizer, scheduler, sampler, generator,
+    example_sampler = ExampleSampler(len(train_examples), cfg.seed)
+    checkpoints = Checkpointer(place, model, tokenizer, optimizer, scheduler, example_sampler, generator,
                                data_files=data_digests(place.requested))
     start_step = checkpoints.restore(state)
     logger = begin_logging(place, cfg.max_steps, start_step, bar_keys=("reward", "kl", "eval/reward"))
@@ -484,9 +491,9 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
     return GRPORun(
         place=place, model=model, tokenizer=tokenizer, reference=reference, reward_fn=reward_fn,
         term_weights=reward_term_weights(reward_fn, cfg), train_examples=train_examples, dev_examples=dev_examples,
-        optimizer=optimizer, scheduler=scheduler, sampler=sampler, generator=generator,
+        optimizer=optimizer, scheduler=scheduler, example_sampler=example_sampler, generator=generator,
         # Under bf16 autocast the static samplers decode with bf16 copies of the weights, cast once per rollout.
-        rollout_sampler=make_sampler(cfg.generation, torch.bfloat16 if cfg.mixed_precision == "bf16" else None),
+        rollout_sampler=make_rollout_sampler(cfg.generation, torch.bfloat16 if cfg.mixed_precision == "bf16" else None),
         guard=NonFiniteGuard(cfg.max_skipped_steps), checkpoints=checkpoints, logger=logger, start_step=start_step)
 
 
@@ -519,7 +526,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable) -> Path:
         rollout = scored.rollout
 
         # 4. Group-relative advantages over the global batch (a failed reward is left out of its group),
-        #    from the rewards or, under normalize_then_sum, from the sum of group-normalised terms.
+        #    from the rewards or, under normalize_then_sum, from the sum of group-normalised terms (GDPO).
+        #    That sum is formed in step 3 (`sample_and_score`), because dynamic sampling, between the two,
+        #    must judge a group's spread on the scores its advantages are computed from.
         valid = torch.isfinite(scored.rewards)
         advantages, zero_std = global_group_advantages(scored.scores, valid, cfg)
         # Rewards are computed on the CPU; the loss runs where the rollout lives.
@@ -528,7 +537,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable) -> Path:
         if cfg.mask_truncated:
             loss_mask = loss_mask * (~rollout.truncated).unsqueeze(1)
 
-        # 5. Old and reference log-probs, no grad.
+        # 5. Old and reference log-probs, no grad. The reference is the starting policy and is never
+        #    refreshed: DeepSeekMath's Algorithm 1 resets it to the current policy at each outer
+        #    iteration; here, like TRL by default, the KL term always pulls towards the start.
         with timer("logprob"):
             old_logprobs = sampling_logprobs(model, rollout, cfg)
             ref_logprobs = run.reference.logprobs(model, rollout, cfg) if run.reference is not None else None
@@ -574,6 +585,6 @@ def refuse_unreadable_targets(reward_fn, targets: list[str], max_unread: float) 
     A term that can tell (the semantic reward's encoder: rewards.embedding) has a
     `refuse_unreadable(targets, max_unread)` method that raises.
     """
-    for _, term in getattr(reward_fn, "terms", []):
+    for term in [reward_fn, *(term for _, term in getattr(reward_fn, "terms", []))]:
         if hasattr(term, "refuse_unreadable"):
             term.refuse_unreadable(targets, max_unread)

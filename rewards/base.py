@@ -47,7 +47,14 @@ class RewardOutput:
 
 
 class Reward(Protocol):
-    """Anything with a `name` that maps a batch of completions to rewards."""
+    """Anything with a `name` that maps a batch of completions to rewards.
+
+    What the GRPO trainer reads beside the call: a reward made of terms (as
+    `WeightedSum` is) has `weights`, a dict of term name -> weight, which
+    reward_normalization = normalize_then_sum needs, and `terms`, a list of
+    (weight, reward) whose members may have `refuse_unreadable(targets,
+    max_unread)` (the semantic reward's encoder check before training).
+    """
 
     name: str
 

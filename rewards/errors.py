@@ -3,7 +3,7 @@
 A `RewardError` is a mistake the user can fix (an unknown reward term, an
 encoder that does not load, an example without the field a reward reads):
 the command-line entry points print its message without a traceback, as they
-do for `grpo.errors.UserError`.
+do for `grpo.run.errors.UserError`.
 """
 
 

@@ -30,6 +30,36 @@ from rewards.repetition import RepetitionPenalty
 REWARD_NAMES = ("semantic", "language", "bleu", "chrf", "length", "length_ratio", "repetition", "custom")
 
 
+def check_reward_table(weights: dict, custom_rewards: dict | None = None, custom: str | None = None,
+                       language_gate: bool = False, extra_terms: tuple[str, ...] = ()) -> None:
+    """Refuse a table of reward weights that names an unknown term or weighs nothing (raises RewardError).
+
+    The one check of the reward keys: `build_reward` runs it, and so does the
+    trainer's config (with extra_terms = ("overlong",), the penalty the trainer adds).
+    """
+    custom_rewards = custom_rewards or {}
+    builtin = REWARD_NAMES + tuple(extra_terms)
+    clashes = sorted(set(custom_rewards) & set(builtin))
+    _require(not clashes, "custom_rewards", f"use names other than the builtin terms {', '.join(builtin)}", clashes)
+    _require(all(isinstance(spec, str) and ":" in spec for spec in custom_rewards.values()), "custom_rewards",
+             "map each name to 'package.module:callable'", custom_rewards)
+    valid_terms = builtin + tuple(custom_rewards)
+    unknown = sorted(set(weights) - set(valid_terms))
+    _require(not unknown, "reward_weights", f"use only the terms {', '.join(valid_terms)}", unknown)
+    _require(all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights.values()),
+             "reward_weights", "map each term to a number", weights)
+    _require(any(w != 0 for w in weights.values()), "reward_weights", "give at least one term a non-zero weight",
+             weights)
+    _require("custom" not in weights or custom is not None, "reward_weights",
+             "weight 'custom' only with a custom reward (custom_reward = 'package.module:callable')", weights)
+    _require(not language_gate or weights.get("language", 0) != 0, "language_gate",
+             "come with a non-zero reward_weights.language", language_gate)
+
+
+def _require(condition: bool, key: str, requirement: str, value) -> None:
+    if not condition:
+        raise RewardError(f"'{key}' must {requirement}; got {value!r}")
+
 
 def build_reward(
     weights: dict[str, float],
@@ -58,14 +88,7 @@ def build_reward(
     max_length_ratio: where the length_ratio penalty starts (output / reference length).
     """
     custom_rewards = custom_rewards or {}
-    clashes = sorted(set(custom_rewards) & set(REWARD_NAMES))
-    if clashes:
-        raise RewardError(f"custom reward names {clashes} are builtin terms; choose other names")
-    unknown = sorted(set(weights) - set(REWARD_NAMES) - set(custom_rewards))
-    if unknown:
-        raise RewardError(f"unknown reward names {unknown}; valid names: {list(REWARD_NAMES) + list(custom_rewards)}")
-    if "custom" in weights and custom is None:
-        raise RewardError("a weight is given for 'custom' but no custom reward (module:callable)")
+    check_reward_table(weights, custom_rewards, custom, language_gate)
 
     terms: list[tuple[float, Reward]] = []
     if weights.get("semantic", 0.0) != 0.0:
@@ -94,10 +117,8 @@ def build_reward(
         if weights.get(name, 1.0) != 0.0:
             terms.append((weights.get(name, 1.0), CustomReward(load_callable(spec), name=name)))
 
-    if not terms:
+    if not terms:  # only the default-weighted custom terms were left, each set to 0
         raise RewardError(f"every reward weight is zero ({weights}); give at least one a weight")
-    if language_gate and weights.get("language", 0.0) == 0.0:
-        raise RewardError("language_gate needs the language term: give reward_weights.language a weight")
     return WeightedSum(terms, gate="language" if language_gate else None)
 
 

@@ -19,13 +19,14 @@ import sys
 
 import torch
 
-from grpo import checkpoint as ckpt
-from grpo import distributed as dist
 from grpo import trainer
-from grpo.config import GRPOConfig, load_config
-from grpo.models import load_model
+from grpo.config import GRPOConfig
 from grpo.rollout import Rollout, sample_groups
-from grpo.training_run import trainable_parameters
+from grpo.run import checkpoint as ckpt
+from grpo.run import distributed as dist
+from grpo.run.config import load_config
+from grpo.run.models import load_model
+from grpo.run.training_run import trainable_parameters
 
 PROMPTS, GROUP = 4, 4
 # Below every case's gradient norm, so clipping acts and needs the global norm; the SGD step

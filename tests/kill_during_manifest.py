@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from grpo import checkpoint
+from grpo.run import checkpoint
 
 STEP = int(sys.argv[1])
 write_whole_manifest = checkpoint.write_manifest

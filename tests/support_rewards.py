@@ -15,7 +15,7 @@ def low_half_share(prompts, completions, examples):
     """
     global _tokenizer
     if _tokenizer is None:
-        from grpo.models import load_tokenizer
+        from grpo.run.models import load_tokenizer
 
         _tokenizer = load_tokenizer("tiny-random-llama")
     values = []

@@ -84,8 +84,8 @@ def test_normalize_then_sum_leaves_invalid_rows_out():
 
 
 def test_soft_overlong_penalty_by_hand():
-    from grpo.errors import ConfigError
     from grpo.overlong import soft_overlong_penalty
+    from grpo.run.errors import ConfigError
 
     # L_max = 10, L_buf = 4: free up to 6 tokens, then -1/4 per token, -1 at the cap and beyond.
     lengths = np.array([3, 6, 7, 8, 10, 11])
@@ -93,3 +93,25 @@ def test_soft_overlong_penalty_by_hand():
                                [0.0, 0.0, -0.25, -0.5, -1.0, -1.0])
     with pytest.raises(ConfigError, match="overlong buffer"):
         soft_overlong_penalty(lengths, max_tokens=10, buffer=0)
+
+
+def test_term_weights_of_a_weighted_sum_and_of_a_plain_reward():
+    from grpo.config import GRPOConfig
+    from grpo.run.errors import ConfigError
+    from grpo.trainer import reward_term_weights
+    from rewards.base import RewardOutput, WeightedSum
+
+    class Constant:
+        name = "constant"
+
+        def __call__(self, prompts, completions, examples):
+            return RewardOutput(np.ones(len(completions)), {})
+
+    summed = WeightedSum([(2.0, Constant())])
+    gdpo = GRPOConfig(reward_normalization="normalize_then_sum", overlong_buffer=4, max_new_tokens=8,
+                      reward_weights={"semantic": 1.0, "overlong": 0.5})
+    assert reward_term_weights(summed, gdpo) == {"constant": 2.0, "overlong": 0.5}
+    assert reward_term_weights(Constant(), GRPOConfig()) == {"reward": 1.0}
+    # a reward without named terms cannot be normalised term by term: refused, not silently one term
+    with pytest.raises(ConfigError, match="no `weights` mapping"):
+        reward_term_weights(Constant(), gdpo)

@@ -10,8 +10,8 @@ import torch
 from eval.alignment_tax import alignment_tax, main, model_label, resolve_tuned
 from eval.multiple_choice import evaluate_multiple_choice, read_subject_csv
 from eval.suite import CMRCProbe, DriftProbe, MultipleChoiceProbe, load_suite
-from grpo.checkpoint import save_checkpoint
-from grpo.errors import ConfigError, ModelError
+from grpo.run.checkpoint import save_checkpoint
+from grpo.run.errors import ConfigError, ModelError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def test_suite_file_builds_typed_probes(tmp_path):
 
 
 def test_default_suite_parses():
-    from grpo.config import read_toml
+    from grpo.run.config import read_toml
 
     tables = read_toml(REPO_ROOT / "configs" / "alignment_suite.toml")
     assert {name: table["kind"] for name, table in tables.items()} == {
@@ -94,7 +94,7 @@ def test_run_folder_without_checkpoint_is_a_model_error(tmp_path):
 @pytest.fixture(scope="module")
 def perturbed_run(tmp_path_factory):
     """A run folder whose checkpoints hold the tiny model with Gaussian noise (std 0.02) on every weight."""
-    from grpo.models import load_model
+    from grpo.run.models import load_model
 
     model, tokenizer = load_model("tiny-random-llama")
     generator = torch.Generator().manual_seed(1)
@@ -169,7 +169,7 @@ def test_user_errors_exit_with_a_message(tmp_path, capsys):
     assert "suite file" in capsys.readouterr().err
 
 
-def test_base_model_alone_gets_every_score_and_no_tax(tmp_path, capsys):
+def test_base_model_alone_gets_every_score_and_no_tax(tmp_path):
     suite = write_suite(tmp_path / "suite.toml")
     out = tmp_path / "out"
     assert main(["--base", "tiny-random-llama", "--suite", str(suite), "--out", str(out), "--quiet"]) == 0

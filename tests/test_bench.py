@@ -9,7 +9,7 @@ from bench.grpo_step import cut_prompts
 def test_prompts_cut_to_a_length_keep_their_end_and_about_that_many_tokens(tiny, prompt_tokens):
     from pathlib import Path
 
-    from grpo.data import make_examples, read_jsonl
+    from grpo.run.data import make_examples, read_jsonl
 
     _, tokenizer = tiny
     records = read_jsonl(Path(__file__).resolve().parents[1] / "data" / "mt" / "train.jsonl")

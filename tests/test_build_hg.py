@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from data_scripts import load_data_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

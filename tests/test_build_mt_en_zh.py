@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from data_scripts import DATA_DIR, load_data_script
 
 build_mt_en_zh = load_data_script("build_mt_en_zh")

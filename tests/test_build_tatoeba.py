@@ -9,7 +9,6 @@ import time
 import zipfile
 
 import pytest
-
 from data_scripts import load_data_script
 
 build_tatoeba = load_data_script("build_tatoeba")
@@ -223,7 +222,7 @@ def fail_on_second_file(monkeypatch):
 
 
 @needs_opencc
-def test_a_failed_write_leaves_an_existing_output_untouched(tmp_path, capsys, monkeypatch):
+def test_a_failed_write_leaves_an_existing_output_untouched(tmp_path, monkeypatch):
     out = tmp_path / "mt-tatoeba"
     out.mkdir()
     (out / "train.jsonl").write_text("old data\n", encoding="utf-8")
@@ -236,7 +235,7 @@ def test_a_failed_write_leaves_an_existing_output_untouched(tmp_path, capsys, mo
 
 
 @needs_opencc
-def test_a_failed_write_creates_no_output(tmp_path, capsys, monkeypatch):
+def test_a_failed_write_creates_no_output(tmp_path, monkeypatch):
     out = tmp_path / "mt-tatoeba"
     fail_on_second_file(monkeypatch)
     with pytest.raises(OSError, match="disk full"):

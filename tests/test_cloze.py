@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eval.cloze import cloze_summary, encode_items, evaluate_cloze, score_cloze
-from grpo.errors import DataError
+from grpo.run.errors import DataError
 
 ITEMS = [
     {"id": "a", "context": "The cat sat on the", "target": "mat"},

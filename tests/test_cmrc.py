@@ -17,7 +17,7 @@ from eval.cmrc import (
     split_words,
     strip_punctuation,
 )
-from grpo.errors import DataError
+from grpo.run.errors import DataError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "eval" / "cmrc2018_tiny.json"
 

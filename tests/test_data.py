@@ -1,7 +1,7 @@
 import pytest
 
-from grpo.data import make_examples, read_jsonl, split_path
-from grpo.errors import DataError
+from grpo.run.data import make_examples, read_jsonl, split_path
+from grpo.run.errors import DataError
 
 
 def write(tmp_path, name, content: bytes | str):

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 import torch
-from test_resume import ROOT, comparable, env
+
+from conftest import ROOT, comparable, env
 
 WORKER = str(ROOT / "tests" / "dist_worker.py")
 
@@ -60,7 +61,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, one_process, aggregation
         # B starts at zero, so the adapters start as the base model: moved B means the update reached them.
         assert all(two[key].abs().max() > 0 for key in two if "lora_B" in key)
     else:
-        from grpo.models import load_model
+        from grpo.run.models import load_model
 
         start = load_model("tiny-random-llama")[0].state_dict()
         # Every weight moved, the root FSDP unit's too (tied embedding and LM head, final norm).
@@ -72,7 +73,6 @@ def test_two_gloo_processes_match_one_process(tmp_path, one_process, aggregation
 def test_batch_std_is_the_global_batch_std_under_two_gloo_processes(tmp_path):
     """scale_rewards = "batch": A_i = (r_i - mean of its group) / (std of every valid reward of all ranks + eps)."""
     import numpy as np
-
     from dist_worker import GLOBAL_REWARDS, GROUP
 
     two = two_processes(tmp_path / "two.pt", "advantages")
@@ -95,8 +95,8 @@ def train_fsdp(out_dir, *extra: str) -> None:
 def test_fsdp_training_run_saves_whole_checkpoints_and_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
-    from grpo.metrics import read_metrics
-    from grpo.models import load_model
+    from grpo.run.metrics import read_metrics
+    from grpo.run.models import load_model
 
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     train_fsdp(whole)
@@ -124,8 +124,9 @@ def test_fsdp_training_run_saves_whole_checkpoints_and_resumes_exactly(tmp_path)
 
 
 def test_fsdp_without_torchrun_is_refused(tmp_path):
-    from grpo.config import GRPOConfig, load_config
-    from grpo.errors import ConfigError
+    from grpo.config import GRPOConfig
+    from grpo.run.config import load_config
+    from grpo.run.errors import ConfigError
     from grpo.trainer import train
 
     with pytest.raises(ConfigError, match="torchrun"):
@@ -139,15 +140,15 @@ def train_sft(out_dir, processes: int) -> None:
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     run_processes([*launcher, "-m", "baselines.sft", "model=tiny-random-llama", "data=data/mt", f"out_dir={out_dir}",
-                   "batch_size=8", "grad_accum_steps=2", "max_steps=2", "lr=1e-3", "warmup_steps=0", "dev_limit=4",
+                   "batch_size=8", "micro_batch_size=2", "max_steps=2", "lr=1e-3", "warmup_steps=0", "dev_limit=4",
                    "eval_every=1", "max_prompt_tokens=96", "max_target_tokens=32", "threads=1"])
 
 
 def test_sft_two_gloo_processes_match_one_process(tmp_path):
     from safetensors.torch import load_file
 
-    from grpo.metrics import read_metrics
-    from grpo.models import load_model
+    from grpo.run.metrics import read_metrics
+    from grpo.run.models import load_model
 
     train_sft(tmp_path / "one", 1)
     train_sft(tmp_path / "two", 2)
@@ -170,7 +171,7 @@ def test_dynamic_sampling_and_completion_tables_under_two_processes(tmp_path):
     """Both ranks sample the same number of rounds (or the run would hang), and rank 0 writes every rank's rows."""
     import json
 
-    from grpo.metrics import read_metrics
+    from grpo.run.metrics import read_metrics
 
     out = tmp_path / "run"
     run_processes([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

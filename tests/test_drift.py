@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.drift import (DriftResult, load_drift_texts, measure_drift, measure_task_kl, percentile_90, token_kl,
-                        token_nll)
-from grpo.errors import DataError, ModelError
+from eval.drift import DriftResult, load_drift_texts, measure_drift, measure_task_kl, percentile_90, token_kl, token_nll
+from grpo.run.errors import DataError, ModelError
 
 TEXTS = [
     "人民日报一月一日发表新年献词。",

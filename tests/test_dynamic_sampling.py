@@ -6,23 +6,26 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_config
 from grpo import trainer
-from grpo.cli import build_reward_from_config
-from grpo.dynamic_sampling import ScoredBatch, concat_rollouts, fill_with_informative_groups, group_reward_std
-from grpo.metrics import read_metrics
+from grpo.advantages import centred_group_rewards
+from grpo.config import build_reward_from_config
+from grpo.dynamic_sampling import ScoredBatch, concat_rollouts, fill_with_informative_groups
 from grpo.rollout import Rollout
-from test_trainer import tiny_config
+from grpo.run.metrics import read_metrics
+
+pytestmark = pytest.mark.usefixtures("repo_root")  # presets and data/ are read relative to the repository
 
 PAD = 0
 
 
-def test_group_reward_std_by_hand():
+def test_group_std_by_hand():
     # groups of 3: [1, 2, 3] std 1; [5, 5, 5] std 0; [0, nan, 4]: valid [0, 4], std sqrt(8)
     scores = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 0.0, float("nan"), 4.0])
-    std = group_reward_std(scores, 3, torch.isfinite(scores))
+    _, std = centred_group_rewards(scores, 3, torch.isfinite(scores))
     assert torch.allclose(std, torch.tensor([1.0, 0.0, 8**0.5]))
     # a group with one valid row has no spread
-    assert group_reward_std(torch.tensor([1.0, 7.0]), 2, torch.tensor([True, False])).tolist() == [0.0]
+    assert centred_group_rewards(torch.tensor([1.0, 7.0]), 2, torch.tensor([True, False]))[1].tolist() == [0.0]
 
 
 def made_up_batch(rewards, prompt_len, completion_len, tag):
@@ -112,13 +115,6 @@ def custom_run(tmp_path, name, reward, **overrides):
 def group_stds(rows, group_size=4):
     rewards = np.array([row["reward"] for row in rows]).reshape(-1, group_size)
     return rewards.std(axis=1, ddof=1)
-
-
-@pytest.fixture(autouse=True)
-def repo_root(monkeypatch):
-    from pathlib import Path
-
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
 
 
 def test_dynamic_sampling_fills_the_batch_with_groups_that_have_a_spread(tmp_path):

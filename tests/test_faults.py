@@ -38,76 +38,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo import checkpoint as ckpt
-from grpo import run_folder, trainer, training_run
-from grpo.config import GRPOConfig, load_config, to_dict
-from grpo.errors import CheckpointError, ConfigError, DataError
-from grpo.metrics import MetricsLogger, read_metrics
+from conftest import HOLD_LOCK, ROOT, Scores, env, error_line, grpo_args, grpo_main_with, run_cli, state_of
+from grpo import trainer
 from grpo.cli import main as grpo_main
-from rewards.base import RewardOutput
-from test_resume import ROOT, env
+from grpo.config import GRPOConfig
+from grpo.run import checkpoint as ckpt
+from grpo.run import run_folder, training_run
+from grpo.run.config import load_config, to_dict
+from grpo.run.errors import CheckpointError, ConfigError, DataError
+from grpo.run.metrics import MetricsLogger, read_metrics
 
-TINY_RUN = ["model=tiny-random-llama", "data=data/mt", "prompts_per_step=2", "group_size=2", "max_new_tokens=4",
-            "eval_max_new_tokens=4", "dev_limit=2", "eval_every=0", "max_prompt_tokens=96", "lr=1e-2", "beta=0.04",
-            "reward_weights={custom=1.0}", "custom_reward=support_rewards:low_half_share"]
-
-
-def grpo_args(out_dir, *extra) -> list[str]:
-    return [f"out_dir={out_dir}", *TINY_RUN, *extra]
-
-
-@pytest.fixture(autouse=True)
-def repo_root(monkeypatch):
-    monkeypatch.chdir(ROOT)
-
-
-def run_cli(capsys, args, entry=grpo_main) -> tuple[int, str, str]:
-    """Run a command line's main in this process: (exit code, stdout, stderr)."""
-    code = entry(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def grpo_main_with(reward):
-    """`python -m grpo`'s main, training with `reward` in place of the one the config describes."""
-    return lambda argv: grpo_main(argv, run=lambda cfg: trainer.train(cfg, reward))
-
-
-def error_line(code: int, err: str, *fragments: str) -> str:
-    """The one 'error: ...' line a refusal prints (exit code 2, no traceback), holding every fragment."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.split("\n") if line.startswith("error: ")]  # on a line of its own, not after a bar
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def state_of(folder: Path) -> dict[str, bytes]:
-    """Every file under a folder and its bytes, to show that nothing changed."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-class Scores:
-    """A reward for in-process runs: 1 for even-length completions, whatever `hook` does first."""
-
-    name = "custom"
-
-    def __init__(self, hook=None):
-        self.hook = hook
-
-    def __call__(self, prompts, completions, examples):
-        if self.hook is not None:
-            self.hook()
-        values = np.array([float(len(c) % 2 == 0) for c in completions])
-        return RewardOutput(values, {"custom": values})
-
+pytestmark = pytest.mark.usefixtures("repo_root")  # presets and data/ are read relative to the repository
 
 # ============================================================== bad input
 def test_a_utf8_bom_is_not_part_of_the_data_for_grpo_and_sft(tmp_path, tiny):
@@ -233,7 +178,7 @@ def test_every_other_key_refuses_the_resume(key, value):
 @pytest.fixture(scope="module")
 def other_tokenizer_model(tmp_path_factory):
     """The tiny model with a tokenizer of the same size in which two tokens swapped ids."""
-    from grpo.models import load_model
+    from grpo.run.models import load_model
 
     model, tokenizer = load_model("tiny-random-llama")
     folder = tmp_path_factory.mktemp("other-tokenizer")
@@ -247,8 +192,9 @@ def other_tokenizer_model(tmp_path_factory):
 
 
 def test_alignment_tax_refuses_a_tuned_model_with_another_tokenizer(other_tokenizer_model, tmp_path, capsys):
-    from eval.alignment_tax import main
     from test_alignment_tax import write_suite
+
+    from eval.alignment_tax import main
 
     args = ["--base", "tiny-random-llama", "--tuned", str(other_tokenizer_model), "--suite",
             str(write_suite(tmp_path / "suite.toml")), "--out", str(tmp_path / "out"), "--quiet"]
@@ -258,8 +204,9 @@ def test_alignment_tax_refuses_a_tuned_model_with_another_tokenizer(other_tokeni
 
 
 def test_alignment_tax_names_a_missing_tuned_folder_before_any_work(tmp_path, capsys):
-    from eval.alignment_tax import main
     from test_alignment_tax import write_suite
+
+    from eval.alignment_tax import main
 
     missing = tmp_path / "runs" / "grpo-typo"
     args = ["--base", "tiny-random-llama", "--tuned", "tiny-random-llama", str(missing), "--suite",
@@ -269,8 +216,25 @@ def test_alignment_tax_names_a_missing_tuned_folder_before_any_work(tmp_path, ca
 
 
 # ------------------------------------------------------------ entry points
-ENTRY_POINTS = ["grpo", "grpo.train", "baselines.sft", "eval.alignment_tax", "eval.judge", "eval.reproduce", "grpo.tau",
-                "grpo.models", "bench.grpo_step", "bench.vs_trl", "bench.logprob_memory", "bench.random_model",
+def test_importing_the_packages_leaves_the_environment_alone(monkeypatch):
+    clean = {key: value for key, value in env().items() if key != "HF_HUB_OFFLINE"}
+    code = "import os, grpo.trainer, baselines.sft, eval.alignment_tax; print(os.environ.get('HF_HUB_OFFLINE'))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True)
+    assert result.stdout.strip() == "None", result.stderr
+    # the loader reads the variable when it loads: the local cache only, unless it says 0
+    from grpo.run.models import hub_offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert hub_offline()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert not hub_offline()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_offline()
+
+
+ENTRY_POINTS = ["grpo", "baselines.sft", "eval.alignment_tax", "eval.judge", "eval.reproduce", "grpo.tau",
+                "eval.hacking", "eval.train_summary", "grpo.run.plot",
+                "grpo.run.models", "bench.grpo_step", "bench.vs_trl", "bench.logprob_memory", "bench.random_model",
                 "data/build_mt.py", "data/build_hg.py", "data/build_general.py"]
 
 
@@ -300,7 +264,7 @@ def test_bench_refuses_a_malformed_key_value_in_one_line(capsys):
 @pytest.fixture(scope="module")
 def saved_checkpoint(tmp_path_factory):
     """A checkpoint of the tiny model written by save_checkpoint, with a small trainer state."""
-    from grpo.models import load_model
+    from grpo.run.models import load_model
 
     model, tokenizer = load_model("tiny-random-llama")
     run_dir = tmp_path_factory.mktemp("saved")
@@ -325,7 +289,7 @@ def damage(path: Path, kind: str) -> None:
 @pytest.mark.parametrize("kind", DAMAGE)
 @pytest.mark.parametrize("file", [ckpt.STATE_FILE, "model.safetensors"])
 def test_a_damaged_checkpoint_file_is_named_in_one_line(saved_checkpoint, tmp_path, file, kind):
-    from grpo.models import load_model
+    from grpo.run.models import load_model
 
     folder = tmp_path / "step-000003"
     shutil.copytree(saved_checkpoint, folder)
@@ -450,7 +414,7 @@ def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(tmp_path, c
 def test_a_full_disk_reported_as_unexpected_pos_is_recognised(saved_checkpoint, tmp_path, monkeypatch):
     from collections import namedtuple
 
-    from grpo.models import load_model
+    from grpo.run.models import load_model
 
     model, tokenizer = load_model("tiny-random-llama")
     run_dir = tmp_path / "run"
@@ -482,10 +446,6 @@ def test_a_full_disk_outside_a_checkpoint_is_one_line(tmp_path, capsys):
 
 
 # ------------------------------------------------------------- the run lock
-HOLD_LOCK = ("import sys, time\nfrom grpo import run_folder\nrun_folder.lock(sys.argv[1])\n"
-             "print('locked', flush=True)\ntime.sleep(600)\n")
-
-
 def test_a_second_process_on_the_same_out_dir_is_refused_and_a_killed_one_does_not_block(tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], cwd=ROOT, env=env(),
@@ -502,7 +462,7 @@ def test_a_second_process_on_the_same_out_dir_is_refused_and_a_killed_one_does_n
     assert code == 0, err
 
 
-def test_a_run_holds_its_lock_while_it_trains(tmp_path, monkeypatch):
+def test_a_run_holds_its_lock_while_it_trains(tmp_path):
     out = tmp_path / "run"
     seen = []
 
@@ -570,7 +530,7 @@ def test_an_overwrite_killed_before_its_first_checkpoint_is_undone_at_the_next_s
 
 
 # ------------------------------------------------------------------ Ctrl-C
-def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, capsys):
     def interrupt():
         raise KeyboardInterrupt
 
@@ -584,7 +544,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_
                "holds a run without a checkpoint to resume from; pass overwrite=true")
 
 
-def test_ctrl_c_after_a_checkpoint_says_where_to_resume_from(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_after_a_checkpoint_says_where_to_resume_from(tmp_path, capsys):
     calls = []
 
     def interrupt_at_step_2():

@@ -1,7 +1,7 @@
 """Bad input and odd settings: refused before the work starts, in one line naming the file, key or value.
 
 Each test is one promise, tried through the command line's own `main` as a
-user would meet the fault (helpers from test_faults).
+user would meet the fault (helpers from conftest).
 
   - a prompt longer than the model can take is named by file and line at data load
   - a run folder that cannot be written is named in one line: read-only, a file, a TensorBoard folder
@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import error_line, grpo_args, grpo_main_with, run_cli
 from grpo import trainer
 from grpo.cli import main as grpo_main
 from grpo.config import GRPOConfig
-from grpo.metrics import read_metrics
+from grpo.run.metrics import read_metrics
 from rewards.base import RewardOutput
-from test_faults import error_line, grpo_args, grpo_main_with, repo_root, run_cli  # noqa: F401 - autouse
+
+pytestmark = pytest.mark.usefixtures("repo_root")  # presets and data/ are read relative to the repository
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:
@@ -122,8 +124,9 @@ def test_a_custom_reward_module_that_fails_at_import_is_one_line(tmp_path, capsy
 
 # ------------------------------------------------------------ alignment tax
 def test_alignment_tax_refuses_an_empty_drift_texts_file_before_any_evaluation(tmp_path, capsys):
-    from eval.alignment_tax import main
     from test_alignment_tax import write_suite
+
+    from eval.alignment_tax import main
 
     empty = tmp_path / "drift-empty.jsonl"
     empty.write_text("", encoding="utf-8")
@@ -190,11 +193,11 @@ def test_an_lr_torch_cannot_apply_is_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_step_that_leaves_a_weight_infinite_stops_the_run(tmp_path):
+def test_a_step_that_leaves_a_weight_infinite_stops_the_run():
     import torch
 
-    from grpo.guards import NonFiniteGuard, NonFiniteWeights
-    from grpo.training_run import clip_and_step
+    from grpo.run.guards import NonFiniteGuard, NonFiniteWeights
+    from grpo.run.training_run import clip_and_step
 
     class Overflows(torch.optim.SGD):
         def step(self, closure=None):

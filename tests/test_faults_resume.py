@@ -1,7 +1,7 @@
 """Nothing lost, nothing run: what resuming, overwriting and stopping promise.
 
 Each test is one promise, tried through the command line's own `main` as a
-user would meet the fault (helpers from test_faults).
+user would meet the fault (helpers from conftest).
 
   - a resume folder cannot run code: the trainer state is read weights-only
   - overwrite=true replaces only what a run writes, and never a live run in a subfolder
@@ -17,18 +17,16 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from grpo import checkpoint as ckpt
-from grpo import run_folder
-from grpo.metrics import read_metrics
-from test_faults import (HOLD_LOCK, Scores, error_line, grpo_args, grpo_main_with, repo_root,  # noqa: F401 - autouse
-                         run_cli, state_of)
-from test_resume import ROOT, env
+from conftest import HOLD_LOCK, ROOT, Scores, env, error_line, grpo_args, grpo_main_with, run_cli, state_of
+from grpo.run import checkpoint as ckpt
+from grpo.run.metrics import read_metrics
+
+pytestmark = pytest.mark.usefixtures("repo_root")  # presets and data/ are read relative to the repository
 
 
 @pytest.fixture

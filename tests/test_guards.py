@@ -7,11 +7,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from grpo.guards import NonFiniteGuard, RewardFailure, TooManySkippedSteps, check_reward_failures, score_with_fallback
-from test_resume import ROOT, env, run_args
-
 from support_rewards import nan_for_long_completions, raises_on_long_completions
+
+from conftest import ROOT, env, run_args
+from grpo.run.guards import (
+    NonFiniteGuard,
+    RewardFailure,
+    TooManySkippedSteps,
+    check_reward_failures,
+    score_with_fallback,
+)
 
 
 def cli(*args):
@@ -96,7 +101,8 @@ def test_guard_counts_consecutive_skips_and_stops():
 
 def test_non_finite_steps_are_skipped_then_stop_the_run_with_a_checkpoint(tmp_path, monkeypatch):
     from grpo import trainer
-    from grpo.config import GRPOConfig, load_config
+    from grpo.config import GRPOConfig
+    from grpo.run.config import load_config
 
     monkeypatch.chdir(ROOT)
     real_loss = trainer.grpo_loss

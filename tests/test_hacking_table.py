@@ -10,8 +10,8 @@ shuffled reference. docs/TRAINING.md shows the same table
 
 import numpy as np
 import pytest
-
 from data_scripts import load_data_script
+
 from eval.hacking import best_constant_answer, hacking_table
 from rewards import build_reward
 

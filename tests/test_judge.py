@@ -21,7 +21,7 @@ from eval.judge import (
     summarise,
     verdict_token_ids,
 )
-from grpo.errors import ConfigError, DataError
+from grpo.run.errors import ConfigError, DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 

@@ -134,8 +134,8 @@ def test_gradient_checkpointing_leaves_gradients_equal(fresh_tiny, group_size):
 
 
 def test_gradient_checkpointing_needs_decoder_layers():
-    from grpo.errors import ModelError
     from grpo.logprobs import checkpoint_decoder_layers
+    from grpo.run.errors import ModelError
 
     with pytest.raises(ModelError, match="gradient_checkpointing: Linear has no decoder layers to checkpoint"):
         checkpoint_decoder_layers(torch.nn.Linear(2, 2))

@@ -1,4 +1,4 @@
-"""Tests for grpo.lora on a tiny random Llama: the math, the switches, and PEFT interop."""
+"""Tests for grpo.run.lora on a tiny random Llama: the math, the switches, and PEFT interop."""
 
 import json
 import math
@@ -9,8 +9,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grpo.errors import ModelError
-from grpo.lora import (
+from grpo.run.errors import ModelError
+from grpo.run.lora import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     DEFAULT_TARGET_MODULES,
@@ -18,15 +18,14 @@ from grpo.lora import (
     LoraSettings,
     apply_lora,
     has_lora,
+    load_adapter,
     lora_disabled,
     lora_layers,
     lora_state_dict,
-    load_adapter,
     merge_and_unload,
     save_adapter,
 )
-
-from grpo.training_run import trainable_parameters
+from grpo.run.training_run import trainable_parameters
 
 
 def merge_lora(model) -> None:
@@ -396,7 +395,7 @@ def test_adapter_saved_by_peft_loads_with_same_logits(tmp_path):
 
 def test_bfloat16_base_from_load_model_trains_float32_adapters():
     # The frozen base in bf16 halves its memory; A, B, their gradients and AdamW state stay float32.
-    from grpo.models import load_model
+    from grpo.run.models import load_model
 
     model, _ = load_model("tiny-random-llama", dtype="bfloat16",
                           lora={"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "down_proj"]})

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from grpo.metrics import MetricsLogger, markdown_table, read_metrics
-from test_resume import ROOT, env
+from conftest import ROOT, env
+from grpo.run.metrics import MetricsLogger, markdown_table, read_metrics
 
 
 def tensorboard_scalars(folder, tag):
@@ -83,7 +83,7 @@ def write_run(folder, rows):
 def test_plot_overlays_runs_and_draws_only_logged_panels(tmp_path):
     import matplotlib.image
 
-    from grpo.plot import plot_runs
+    from grpo.run.plot import plot_runs
 
     grpo_rows = [{"step": s, "reward": 0.1 * s, "rewards/semantic/mean": 0.05 * s, "kl": 0.01 * s,
                   "grad_norm": None if s == 2 else 1.0} for s in (1, 2, 3)]
@@ -95,7 +95,7 @@ def test_plot_overlays_runs_and_draws_only_logged_panels(tmp_path):
 
 
 def test_plot_cli_names_a_folder_without_metrics(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "grpo.plot", str(tmp_path)], cwd=ROOT, env=env(),
+    result = subprocess.run([sys.executable, "-m", "grpo.run.plot", str(tmp_path)], cwd=ROOT, env=env(),
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr == (f"error: run folder '{tmp_path}' has no metrics.jsonl; "

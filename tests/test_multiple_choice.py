@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_scripts import load_data_script
 
 from eval.multiple_choice import (
     MCQuestion,
@@ -21,9 +22,7 @@ from eval.multiple_choice import (
     read_subject_csv,
 )
 from eval.next_token import first_token_ids, next_token_logprobs
-from grpo.errors import DataError, ModelError
-
-from data_scripts import load_data_script
+from grpo.run.errors import DataError, ModelError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"

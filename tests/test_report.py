@@ -5,34 +5,16 @@ import json
 import numpy as np
 import pytest
 
-from eval.report import (checkpoint_row, forgetting_law, frontier_comparison, headline, load_measurements,
-                         matched_pair, write_report)
-
-
-def measurement(label, chrf, cloze, kl_forward, kl_general=0.1, mmlu=None, target_logprob=-1.0):
-    """A measurement whose per-item lists are constant, so every mean and interval is known."""
-    data = {
-        "label": label,
-        "task": {"ids": ["a", "b", "c", "d"], "outputs": ["x"] * 4, "chrf": [chrf] * 4, "rouge_l": [chrf] * 4,
-                 "embedding_sim": [chrf] * 4, "language_consistency": [1.0] * 4},
-        "cloze": {"correct": [1.0] * cloze + [0.0] * (10 - cloze), "target_logprob": [target_logprob] * 10},
-        "drift": {"kl_mean": kl_general, "kl_p90": 2 * kl_general, "nll_increase_mean": kl_general,
-                  "nll_increase_p90": 3 * kl_general},
-        "task_kl": {"forward": [kl_forward] * 3, "reverse": [kl_forward / 2] * 3},
-    }
-    if mmlu is not None:
-        data["mmlu"] = {"correct": [1.0] * mmlu + [0.0] * (10 - mmlu)}
-    return data
-
-
-BASE = measurement("base", 0.1, 8, 0.0, 0.0)
-SWEEP = [
-    measurement("sft-mt-lr0.0002@10", 0.2, 7, 1.0),
-    measurement("sft-mt-lr0.0002@20", 0.4, 5, 3.0),
-    measurement("cold-start-mt", 0.15, 8, 0.5),
-    measurement("grpo-mt-lr0.0001@10", 0.25, 8, 0.6),
-    measurement("grpo-mt-lr0.0001@20", 0.35, 7, 1.2),
-]
+from conftest import BASE, SWEEP, measurement
+from eval.report import (
+    checkpoint_row,
+    forgetting_law,
+    frontier_comparison,
+    headline,
+    load_measurements,
+    matched_pair,
+    write_report,
+)
 
 
 def test_checkpoint_row_is_the_paired_change_against_the_base():
@@ -89,7 +71,7 @@ def test_log_likelihood_change_and_its_law_by_hand():
     assert law["task_kl_forward"]["r2_linear"] == pytest.approx(expected)
 
 
-def test_headline_means_over_seeds(tmp_path):
+def test_headline_means_over_seeds():
     measurements = {"headline/base": measurement("headline/base", 0.1, 8, 0.0, mmlu=3),
                     "headline/sft-s0": measurement("headline/sft-s0", 0.3, 5, 2.0, mmlu=3),
                     "headline/sft-s1": measurement("headline/sft-s1", 0.5, 7, 2.0, mmlu=3),

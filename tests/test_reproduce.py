@@ -3,8 +3,8 @@
 import json
 from dataclasses import replace
 
+from conftest import BASE, SWEEP
 from eval.reproduce import PLANS, Stages, checkpoint_folder
-from test_report import BASE, SWEEP
 
 
 def stages_with_sweep_measured(tmp_path):

@@ -1,38 +1,17 @@
 """Resume exactly: a run killed with SIGKILL after a checkpoint, or while writing one, and resumed matches an
 uninterrupted run."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo.metrics import read_metrics
-
-ROOT = Path(__file__).resolve().parents[1]
-TIMING_KEYS = ("time", "time/", "tokens_per_second")
-
-
-def run_args(out_dir, *extra):
-    return [sys.executable, "-m", "grpo", f"out_dir={out_dir}", "model=tiny-random-llama", "data=data/mt",
-            "max_steps=6", "save_every=2", "keep_checkpoints=10", "prompts_per_step=2", "group_size=4",
-            "max_new_tokens=6", "eval_max_new_tokens=6", "dev_limit=4", "eval_every=3", "max_prompt_tokens=96",
-            "lr=1e-2", "beta=0.04", "reward_weights={custom=1.0}",
-            "custom_reward=support_rewards:low_half_share", "threads=1", *extra]
-
-
-def env():
-    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1"}
-
-
-def comparable(rows):
-    return [{k: v for k, v in row.items() if not k.startswith(TIMING_KEYS)} for row in rows]
+from conftest import ROOT, comparable, env, run_args
+from grpo.run.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +49,8 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, un
 
 
 def test_sigkill_while_writing_a_manifest_then_resume_matches_uninterrupted(tmp_path, uninterrupted, monkeypatch):
-    from grpo.checkpoint import MANIFEST_FILE, latest_checkpoint, verify_checkpoint
     from grpo.cli import main
+    from grpo.run.checkpoint import MANIFEST_FILE, latest_checkpoint, verify_checkpoint
 
     interrupted = tmp_path / "interrupted"
     killed = subprocess.run([sys.executable, "tests/kill_during_manifest.py", "4", *run_args(interrupted)[3:]],
@@ -88,19 +67,9 @@ def test_sigkill_while_writing_a_manifest_then_resume_matches_uninterrupted(tmp_
 
 def test_torn_checkpoint_is_never_visible(tmp_path):
     # A temporary folder left by a crash mid-write is not a checkpoint.
-    from grpo.checkpoint import latest_checkpoint
+    from grpo.run.checkpoint import latest_checkpoint
 
     (tmp_path / "checkpoints" / ".tmp-step-000004").mkdir(parents=True)
     (tmp_path / "checkpoints" / "step-000002").mkdir()
     (tmp_path / "checkpoints" / "step-000002" / "trainer_state.pt").write_bytes(b"x")
     assert latest_checkpoint(tmp_path).name == "step-000002"
-
-
-def test_resume_refuses_a_different_config(tmp_path):
-    out = tmp_path / "run"
-    subprocess.run(run_args(out, "max_steps=2"), cwd=ROOT, env=env(), check=True, capture_output=True)
-    result = subprocess.run(run_args(out, "max_steps=4", "resume=auto", "group_size=2"), cwd=ROOT, env=env(),
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "cannot resume" in result.stderr and "group_size: checkpoint 4, now 2" in result.stderr
-    assert "Traceback" not in result.stderr

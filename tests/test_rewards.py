@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from rewards.errors import RewardError
 from rewards import (
     REWARD_NAMES,
     ChrfReward,
@@ -35,6 +34,7 @@ from rewards import (
     threshold_rescale,
 )
 from rewards.embedding import mean_pool
+from rewards.errors import RewardError
 from rewards.lexical import bleu_tokenizer_for
 
 TIBETAN = "བོད་ཡིག་ནི་བོད་པའི་ཡི་གེ་ཡིན།"  # "Tibetan script is the writing of Tibet."
@@ -465,7 +465,7 @@ def test_factory_all_zero_weights_is_an_error():
 
 def preset_reward_weights(preset: str) -> dict[str, float]:
     """The reward weights a preset in configs/ sets: the one place each task's weights are written."""
-    from grpo.config import read_toml
+    from grpo.run.config import read_toml
 
     return read_toml(Path(__file__).resolve().parents[1] / "configs" / preset)["reward_weights"]
 
@@ -562,8 +562,9 @@ def test_factory_builds_several_named_custom_rewards(tmp_path, monkeypatch):
 
 def test_encoder_device_reaches_the_transformers_encoder():
     # The meta device holds no data, but the encoder's weights land there only if the option is passed on.
-    from grpo.config import GRPOConfig, load_config
-    from grpo.cli import build_reward_from_config
+    from grpo.config import build_reward_from_config
+    from grpo.config import GRPOConfig
+    from grpo.run.config import load_config
 
     folder = minilm_folder()
     if folder is None:

@@ -90,10 +90,10 @@ def test_rows_g_times_G_to_g_times_G_plus_G_minus_1_are_prompt_g(tiny, generatio
     # Every group statistic (advantages, the shared prompt pass, dynamic sampling) reads rows
     # g*G ... g*G+G-1 as prompt g's completions. Greedy decoding makes each row's completion
     # that of its prompt alone, so a row holding another prompt, or another prompt's tokens, shows.
-    from grpo.static_rollout import make_sampler
+    from grpo.static_rollout import make_rollout_sampler
 
     model, tokenizer = tiny
-    sample = make_sampler(generation)
+    sample = make_rollout_sampler(generation)
     prompts = _prompts(tokenizer)
     group_size = 3
     rollout = sample(model, tokenizer, prompts, group_size, 6, temperature=0.0, ignore_eos=True)

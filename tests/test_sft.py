@@ -21,14 +21,15 @@ from baselines.sft import (
     total_steps,
     train_sft,
 )
-from grpo import lora
-from grpo.checkpoint import latest_checkpoint
-from grpo.config import GRPOConfig, load_config
-from grpo.data import make_examples
-from grpo.errors import ConfigError
-from grpo.guards import TooManySkippedSteps
-from grpo.metrics import read_metrics
-from grpo.models import load_model
+from grpo.config import GRPOConfig
+from grpo.run import lora
+from grpo.run.checkpoint import latest_checkpoint
+from grpo.run.config import load_config
+from grpo.run.data import make_examples
+from grpo.run.errors import ConfigError
+from grpo.run.guards import TooManySkippedSteps
+from grpo.run.metrics import read_metrics
+from grpo.run.models import load_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ("sft_mt", "sft_hg", "cold_start_mt", "cold_start_hg")
@@ -56,7 +57,7 @@ def write_data(folder: Path, with_dev: bool = True) -> Path:
 
 def sft_config(tmp_path: Path, **overrides) -> SFTConfig:
     values = dict(out_dir=str(tmp_path / "sft"), model="tiny-random-llama", data=str(write_data(tmp_path / "data")),
-                  batch_size=4, grad_accum_steps=2, max_steps=6, eval_every=0, lr=1e-2, warmup_steps=0,
+                  batch_size=4, micro_batch_size=2, max_steps=6, eval_every=0, lr=1e-2, warmup_steps=0,
                   dev_limit=0, seed=0, eval_max_new_tokens=4)
     values.update(overrides)
     return load_config(SFTConfig, overrides=values)
@@ -126,19 +127,19 @@ def test_sft_loss_scores_only_completion_tokens(tiny):
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_gradient_accumulation_equals_one_big_batch(fresh_tiny, tmp_path):
+def test_gradient_accumulation_equals_one_big_batch(fresh_tiny):
     model, tokenizer = fresh_tiny
     batch = [tokenize_example(tokenizer, e, 64) for e in examples_of(tokenizer)]
 
-    def loss_and_grads(grad_accum_steps: int):
-        cfg = load_config(SFTConfig, overrides=dict(batch_size=4, grad_accum_steps=grad_accum_steps))
+    def loss_and_grads(micro_batch_size: int):
+        cfg = load_config(SFTConfig, overrides=dict(batch_size=4, micro_batch_size=micro_batch_size))
         model.zero_grad(set_to_none=True)
         loss = accumulate_gradients(model, batch, cfg, tokenizer.pad_token_id)
         return loss, [p.grad.clone() for p in model.parameters()]
 
-    loss_whole, grads_whole = loss_and_grads(1)
-    for accumulation in (2, 4):
-        loss_split, grads_split = loss_and_grads(accumulation)
+    loss_whole, grads_whole = loss_and_grads(0)
+    for micro_batch_size in (2, 1):
+        loss_split, grads_split = loss_and_grads(micro_batch_size)
         assert loss_split == pytest.approx(loss_whole, rel=1e-5)
         for whole, split in zip(grads_whole, grads_split):
             torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-6)
@@ -147,9 +148,14 @@ def test_gradient_accumulation_equals_one_big_batch(fresh_tiny, tmp_path):
 # --------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------
-def test_config_checks_and_epoch_step_count(tmp_path):
+def test_config_checks_and_epoch_step_count():
+    with pytest.raises(ConfigError, match="'micro_batch_size' must be >= 0 and divide batch_size = 6"):
+        load_config(SFTConfig, overrides=dict(batch_size=6, micro_batch_size=4))
     with pytest.raises(ConfigError, match="grad_accum_steps"):
         load_config(SFTConfig, overrides=dict(batch_size=6, grad_accum_steps=4))
+    # the former key still loads, as the micro-batch it meant
+    former = load_config(SFTConfig, overrides=dict(batch_size=8, grad_accum_steps=4))
+    assert (former.micro_batch_size, former.grad_accum_steps) == (2, 0)
     cfg = load_config(SFTConfig, overrides=dict(batch_size=4, epochs=2, max_steps=100))
     assert total_steps(cfg, 10) == math.ceil(2 * 10 / 4) == 5
     assert total_steps(load_config(SFTConfig, overrides=dict(max_steps=7)), 10) == 7
@@ -224,7 +230,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(lora, "merge_and_unload"),
-                    reason="needs grpo.lora.merge_and_unload, which load_model uses to merge an adapter it starts from")
+                    reason="needs grpo.run.lora.merge_and_unload, which load_model uses to merge an adapter it starts from")
 @pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
 def test_grpo_from_sft_checkpoint_uses_it_as_reference(tmp_path, lora_r):
     """GRPO started from an SFT checkpoint has KL 0 to its reference at step 1: the reference is the SFT model.
@@ -232,7 +238,7 @@ def test_grpo_from_sft_checkpoint_uses_it_as_reference(tmp_path, lora_r):
     With LoRA the reference is the adapter-disabled network, so the SFT adapter
     must be merged into the base before GRPO's fresh adapter goes on top.
     """
-    from grpo.cli import build_reward_from_config
+    from grpo.config import build_reward_from_config
     from grpo.trainer import train
 
     sft_run = train_sft(sft_config(tmp_path, max_steps=4, lora_r=lora_r, lora_alpha=8.0))
@@ -266,8 +272,8 @@ def test_a_checkpoint_with_one_rng_state_for_every_rank_still_resumes(tmp_path):
     # SFT checkpoints written before GRPO and SFT shared one resume path hold a single RNG state, not a list.
     import torch
 
-    from grpo import checkpoint as ckpt
-    from grpo.training_run import Checkpointer, ExampleSampler, Run
+    from grpo.run import checkpoint as ckpt
+    from grpo.run.training_run import Checkpointer, ExampleSampler, RunPlace
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -277,7 +283,7 @@ def test_a_checkpoint_with_one_rng_state_for_every_rank_still_resumes(tmp_path):
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "sampler": {"epoch": 1, "index": 2}, "rng": ckpt.rng_state(), "step": 4}
     expected = torch.rand(3)
-    run = Run(cfg=None, requested=None, rank=0, world_size=1, run_dir=tmp_path, resume_from=None)
-    assert Checkpointer(run, model, None, optimizer, scheduler, sampler).restore(state) == 4
+    place = RunPlace(cfg=None, requested=None, rank=0, world_size=1, run_dir=tmp_path, resume_from=None)
+    assert Checkpointer(place, model, None, optimizer, scheduler, sampler).restore(state) == 4
     assert torch.equal(torch.rand(3), expected)
     assert sampler.state() == {"epoch": 1, "index": 2}

@@ -7,9 +7,9 @@ import torch
 
 import grpo.rollout as rollout_module
 import grpo.static_rollout as static_module
-from grpo.errors import ModelError
 from grpo.rollout import draw_tokens, exponential_noise, sample_groups
-from grpo.static_rollout import GenerationWeights, StaticSampler, make_sampler, prompt_bucket
+from grpo.run.errors import ModelError
+from grpo.static_rollout import GenerationWeights, StaticSampler, make_rollout_sampler, prompt_bucket
 
 TEXTS = ("Translate: hello", "A much longer prompt, so the batch needs left padding here.", "x")
 
@@ -22,7 +22,7 @@ def chat_prompts(tokenizer, texts=TEXTS):
 def sharpened_tiny_model():
     """The tiny random Llama with weights drawn 15x wider: its random init (std 0.02) makes
     nearly flat logits, so every greedy completion repeats one token; these vary."""
-    from grpo.models import load_model
+    from grpo.run.models import load_model
 
     model, tokenizer = load_model("tiny-random-llama")
     generator = torch.Generator().manual_seed(0)
@@ -84,7 +84,7 @@ def test_rollout_that_ends_before_the_first_check_is_as_wide_as_eager(sharp):
 def test_smollm2_greedy_completions_equal_eager():
     # A real model: EOS where the model puts it (after 8 and 15 tokens here; one answer runs past 16),
     # prompts of different lengths.
-    from grpo.models import load_model
+    from grpo.run.models import load_model
 
     model, tokenizer = load_model("smollm2-135m")
     prompts = chat_prompts(tokenizer, ("What is the capital of France? Answer in one word.", "Say hello.",
@@ -166,9 +166,9 @@ def test_static_sampler_with_bf16_generation_weights_equals_eager_autocast(sharp
     assert_same_rollout(ours, eager)
 
 
-def test_make_sampler_maps_each_generation_mode():
-    assert make_sampler("eager") is sample_groups
-    static, compiled = make_sampler("static"), make_sampler("compiled", torch.bfloat16)
+def test_make_rollout_sampler_maps_each_generation_mode():
+    assert make_rollout_sampler("eager") is sample_groups
+    static, compiled = make_rollout_sampler("static"), make_rollout_sampler("compiled", torch.bfloat16)
     assert isinstance(static, StaticSampler) and not static.compile and static.weights is None
     assert isinstance(compiled, StaticSampler) and compiled.compile and compiled.weights.dtype == torch.bfloat16
 

@@ -18,7 +18,7 @@ from eval.task_metrics import (
     rouge_tokens,
     task_metrics,
 )
-from grpo.errors import DataError
+from grpo.run.errors import DataError
 
 
 class TableEncoder:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from baselines.sft import SFTConfig, train_sft
-from grpo.config import GRPOConfig, load_config
+from grpo.config import GRPOConfig
+from grpo.run.config import load_config
 from grpo.tau import main
 from rewards.embedding import percentile_tau
 from rewards.errors import RewardError

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT, env, tiny_config
 from grpo import trainer
-from grpo.cli import build_reward_from_config
-from grpo.config import GRPOConfig, load_config
-from grpo.metrics import read_metrics
+from grpo.config import build_reward_from_config
+from grpo.run.metrics import read_metrics
 from rewards.base import RewardOutput
+
+pytestmark = pytest.mark.usefixtures("repo_root")  # presets and data/ are read relative to the repository
 
 REQUIRED_METRICS = [
     "reward", "reward_std", "advantages/mean", "advantages/std", "frac_reward_zero_std", "kl", "entropy",
@@ -40,27 +42,13 @@ class LowHalfShare:
         return RewardOutput(values, {"low_half": values})
 
 
-def tiny_config(tmp_path, **overrides):
-    base = dict(out_dir=str(tmp_path / "run"), model="tiny-random-llama", data="data/mt", max_steps=2,
-                prompts_per_step=2, group_size=4, max_new_tokens=6, eval_max_new_tokens=6, dev_limit=4,
-                eval_every=0, lr=1e-3, beta=0.04, reward_weights={"language": 1.0}, max_prompt_tokens=96)
-    base.update(overrides)
-    return load_config(GRPOConfig, overrides=base)
-
-
-@pytest.fixture(autouse=True)
-def repo_root(monkeypatch):
-    from pathlib import Path
-
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
-
-
 def train_with_configured_reward(cfg):
     """`trainer.train` with the reward the config describes, as `python -m grpo` builds it."""
     return trainer.train(cfg, build_reward_from_config(cfg))
 
 
-def test_grpo_raises_a_learnable_reward(tmp_path, monkeypatch, tiny):
+@pytest.mark.slow
+def test_grpo_raises_a_learnable_reward(tmp_path, tiny):
     _, tokenizer = tiny
     cfg = tiny_config(tmp_path, max_steps=14, prompts_per_step=4, group_size=8, max_new_tokens=8, lr=2e-2,
                       beta=0.0, loss_aggregation="token-mean")
@@ -70,7 +58,7 @@ def test_grpo_raises_a_learnable_reward(tmp_path, monkeypatch, tiny):
     assert np.mean(rewards[-4:]) > np.mean(rewards[:4]) + 0.1, rewards
 
 
-def test_every_metric_is_logged_and_first_step_kl_is_zero(tmp_path, monkeypatch, tiny):
+def test_every_metric_is_logged_and_first_step_kl_is_zero(tmp_path, tiny):
     _, tokenizer = tiny
     cfg = tiny_config(tmp_path, eval_every=1)
     trainer.train(cfg, LowHalfShare(tokenizer))
@@ -86,7 +74,7 @@ def test_every_metric_is_logged_and_first_step_kl_is_zero(tmp_path, monkeypatch,
     assert (tmp_path / "run" / "eval" / "step-000002.jsonl").exists()
 
 
-def test_several_inner_epochs_use_old_logprobs(tmp_path, monkeypatch, tiny):
+def test_several_inner_epochs_use_old_logprobs(tmp_path, tiny):
     _, tokenizer = tiny
     trainer.train(tiny_config(tmp_path, max_steps=1, mu=3, minibatches=2, lr=1e-2), LowHalfShare(tokenizer))
     (row,) = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in r]
@@ -96,7 +84,7 @@ def test_several_inner_epochs_use_old_logprobs(tmp_path, monkeypatch, tiny):
 
 
 def test_checkpoint_reloads_as_a_model(tmp_path):
-    from grpo.models import load_model
+    from grpo.run.models import load_model
 
     cfg = tiny_config(tmp_path, max_steps=1, lora_r=4, lora_alpha=8.0)
     run_dir = train_with_configured_reward(cfg)
@@ -107,17 +95,17 @@ def test_checkpoint_reloads_as_a_model(tmp_path):
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
-    from grpo.errors import ConfigError
+    from grpo.run.errors import ConfigError
 
     train_with_configured_reward(tiny_config(tmp_path, max_steps=1))
     with pytest.raises(ConfigError, match="already holds a run"):
         train_with_configured_reward(tiny_config(tmp_path, max_steps=1))
 
 
-def test_micro_batches_give_the_same_update_as_one_batch(tiny, tmp_path):
+def test_micro_batches_give_the_same_update_as_one_batch(tmp_path):
     # policy_update with micro-batches vs the whole minibatch at once
-    from grpo.models import load_model
     from grpo.rollout import sample_groups
+    from grpo.run.models import load_model
 
     model, tokenizer = load_model("tiny-random-llama")
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
@@ -152,16 +140,15 @@ def completion_table(run_dir, step):
 
 
 def test_smoke_with_tensorboard_and_completion_tables_then_plot(tmp_path):
-    """`make smoke ARGS="report_to=[\"tensorboard\"] log_completions_every=1"`, then `python -m grpo.plot`."""
+    """`python -m grpo configs/smoke.toml` (make smoke) with TensorBoard and completion tables, then the plot."""
     import subprocess
     import sys
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from test_resume import ROOT, env
-
     run_dir = tmp_path / "smoke"
-    subprocess.run(["make", "smoke", f'ARGS=report_to=["tensorboard"] log_completions_every=1 out_dir={run_dir}'],
+    subprocess.run([sys.executable, "-m", "grpo", "configs/smoke.toml", 'report_to=["tensorboard"]',
+                    "log_completions_every=1", f"out_dir={run_dir}"],
                    cwd=ROOT, env=env(), check=True, capture_output=True, timeout=600)
     rows = read_metrics(run_dir / "metrics.jsonl")
     accumulator = EventAccumulator(str(run_dir / "tensorboard"))
@@ -179,7 +166,7 @@ def test_smoke_with_tensorboard_and_completion_tables_then_plot(tmp_path):
         step_row = next(row for row in rows if row["step"] == step and "reward" in row)
         assert np.mean([r["reward"] for r in table]) == pytest.approx(step_row["reward"], abs=1e-6)
 
-    result = subprocess.run([sys.executable, "-m", "grpo.plot", str(run_dir)], cwd=ROOT, env=env(),
+    result = subprocess.run([sys.executable, "-m", "grpo.run.plot", str(run_dir)], cwd=ROOT, env=env(),
                             capture_output=True, text=True, check=True)
     assert result.stdout == f"wrote {run_dir / 'curves.png'}\n"
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -232,11 +219,11 @@ def test_overlong_penalty_is_a_logged_reward_term(tmp_path):
     assert step_two["rewards/overlong/mean"] == pytest.approx(np.mean(expected))
 
 
-def test_delta_stops_the_gradient_of_tokens_far_above_the_ratio_cap(tiny, tmp_path):
+def test_delta_stops_the_gradient_of_tokens_far_above_the_ratio_cap(tmp_path):
     # old log-probs 2 below the current ones: rho = e^2 = 7.4 on every token. With every advantage
     # negative and delta = 3 every token is capped, so the update has no gradient; without delta it has.
-    from grpo.models import load_model
     from grpo.rollout import sample_groups
+    from grpo.run.models import load_model
 
     model, tokenizer = load_model("tiny-random-llama")
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "one"}], tokenize=False,
@@ -295,7 +282,7 @@ def test_gradient_checkpointing_run_matches_the_plain_run(tmp_path, monkeypatch,
             assert checkpointed[key] == pytest.approx(plain[key], rel=1e-6, abs=1e-9), key
 
 
-def test_bf16_lora_recipe_trains_with_static_generation_and_checkpointing(tmp_path, monkeypatch, tiny):
+def test_bf16_lora_recipe_trains_with_static_generation_and_checkpointing(tmp_path, tiny):
     # The paper's recipe on the tiny model: bf16 base, fp32 adapters, bf16 autocast, the static sampler
     # with bf16 generation weights, gradient checkpointing.
     _, tokenizer = tiny
@@ -324,8 +311,8 @@ def test_one_epoch_of_two_minibatches_weights_the_second_by_the_sampling_policy(
     the advantage's direction are clipped (no gradient) and the others weighted
     by rho. Treating the second minibatch as on-policy (rho = 1) gives another update.
     """
-    from grpo.models import load_model
     from grpo.rollout import sample_groups
+    from grpo.run.models import load_model
 
     model, tokenizer = load_model("tiny-random-llama")
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
@@ -377,8 +364,8 @@ def test_logged_kl_clip_ratios_and_entropy_do_not_depend_on_micro_batch_size(tmp
     Completions of 1 to 6 tokens make a row share differ from a token share.
     """
     from grpo.loss import kl_estimate
-    from grpo.models import load_model
     from grpo.rollout import Rollout, sample_groups
+    from grpo.run.models import load_model
 
     model, tokenizer = load_model("tiny-random-llama")
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,

@@ -2,12 +2,14 @@
 
 import json
 import subprocess
+import sys
 
 import pytest
 
-from grpo.config import GRPOConfig, load_config
-from grpo.metrics import read_metrics
-from test_resume import ROOT, env
+from conftest import ROOT, env
+from grpo.config import GRPOConfig
+from grpo.run.config import load_config
+from grpo.run.metrics import read_metrics
 
 HEADLINES = [
     ("国务院昨日召开常务会议，研究部署进一步促进农村经济发展的措施。", "国务院研究农村经济"),
@@ -39,7 +41,9 @@ def transfer_setup(tmp_path_factory):
 
 
 def make(*args):
-    return subprocess.run(["make", *args], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    """`make` with this interpreter as the Makefile's python, so that no .venv is needed in the checkout."""
+    return subprocess.run(["make", f"PY={sys.executable}", *args], cwd=ROOT, env=env(), capture_output=True,
+                          text=True, timeout=600)
 
 
 def test_make_names_the_run_after_its_source_and_needs_from():
@@ -55,7 +59,7 @@ def test_make_names_the_run_after_its_source_and_needs_from():
 
 GRPO_ARGS = ("reward_weights={length=1.0} max_steps=1 prompts_per_step=2 group_size=2 max_new_tokens=4 "
              "eval_max_new_tokens=4 dev_limit=2 eval_every=0 threads=1")
-SFT_ARGS = ("epochs=0 max_steps=1 batch_size=2 grad_accum_steps=1 dev_limit=2 eval_every=0 lora_r=4 lora_alpha=8.0 "
+SFT_ARGS = ("epochs=0 max_steps=1 batch_size=2 micro_batch_size=0 dev_limit=2 eval_every=0 lora_r=4 lora_alpha=8.0 "
             "max_target_tokens=16 threads=1")
 
 

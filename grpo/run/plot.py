@@ -1,4 +1,4 @@
-"""Run plots: `python -m grpo.plot RUN_DIR [RUN_DIR ...] [--out PNG]`.
+"""Run plots: `python -m grpo.run.plot RUN_DIR [RUN_DIR ...] [--out PNG]`.
 
 One PNG with the curves people look at, read from each run's metrics.jsonl:
 train reward (total and per term), dev reward, KL, entropy, completion
@@ -6,8 +6,8 @@ lengths, clip ratios, gradient norm and frac_reward_zero_std for GRPO, and
 train and dev loss for SFT. Several runs overlay, one colour per run, for
 comparison; a panel appears when some run logged its metric.
 
-    python -m grpo.plot runs/grpo-mt                      # writes runs/grpo-mt/curves.png
-    python -m grpo.plot runs/grpo-mt runs/grpo-bleu-mt --out runs/mt-rewards.png
+    python -m grpo.run.plot runs/grpo-mt                      # writes runs/grpo-mt/curves.png
+    python -m grpo.run.plot runs/grpo-mt runs/grpo-bleu-mt --out runs/mt-rewards.png
     make plot RUN=runs/grpo-mt
 """
 
@@ -18,8 +18,8 @@ import math
 import sys
 from pathlib import Path
 
-from grpo.errors import UserError
-from grpo.metrics import read_metrics
+from grpo.run.errors import UserError, exit_code_of
+from grpo.run.metrics import read_metrics
 
 # (title, metric names drawn in the panel); dev metrics are drawn with markers.
 PANELS = [
@@ -118,13 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")
     parser.add_argument("--out", help="the PNG to write (default: curves.png in the first run folder)")
     args = parser.parse_args(argv)
-    try:
-        path = plot_runs(args.runs, args.out or Path(args.runs[0]) / "curves.png")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
+    return exit_code_of(lambda: print(f"wrote {plot_runs(args.runs, args.out or Path(args.runs[0]) / 'curves.png')}"))
 
 
 if __name__ == "__main__":

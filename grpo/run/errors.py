@@ -8,6 +8,10 @@ traceback. The rewards package has its own, `rewards.errors.RewardError`,
 which the entry points print in the same way.
 """
 
+import sys
+
+from rewards.errors import RewardError
+
 
 class UserError(Exception):
     """A problem the user can fix; printed without a traceback."""
@@ -27,3 +31,16 @@ class ModelError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, damaged, or could not be written."""
+
+
+USER_ERRORS = (UserError, RewardError)  # printed as one line, without a traceback
+
+
+def exit_code_of(command) -> int:
+    """Run `command()` for a tool's main: 0, or 2 with a user's mistake (USER_ERRORS) as one line on stderr."""
+    try:
+        command()
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

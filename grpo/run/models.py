@@ -9,7 +9,8 @@
 * a local folder: a full model saved with `save_pretrained`, or a LoRA adapter
   folder (`adapter_config.json`), in which case its base model is loaded first
   and the adapter applied on top;
-* a model hub id, resolved from the local hub cache (runs set `HF_HUB_OFFLINE=1`).
+* a model hub id, resolved from the local hub cache only, unless `HF_HUB_OFFLINE=0`
+  lets it download (`hub_offline`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,16 @@ from pathlib import Path
 
 import torch
 
-from grpo.errors import ModelError
+from grpo.run.errors import ModelError
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+def hub_offline() -> bool:
+    """Whether a hub id resolves from the local cache only: yes unless the environment says HF_HUB_OFFLINE=0.
+
+    Read at each load rather than set at import, so that importing this module changes nothing.
+    """
+    return os.environ.get("HF_HUB_OFFLINE", "1").strip().lower() not in ("0", "false", "no", "off")
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -201,7 +209,7 @@ def load_tokenizer(name_or_path: str):
     if adapter_base(path) is not None and not (Path(path) / "tokenizer_config.json").exists():
         return load_tokenizer(adapter_base(path))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=hub_offline())
     except (OSError, ValueError) as err:
         raise ModelError(_not_found_message(name_or_path, err)) from None
     tokenizer.padding_side = "left"
@@ -223,14 +231,14 @@ def load_model(
         dtype: "float32" | "bfloat16" | "float16".
         device: "cpu", "cuda", "cuda:1", ...
         lora: if given, fresh LoRA adapters are applied with these settings
-            (keys of `grpo.lora.apply_lora`: r, alpha, dropout, target_modules).
+            (keys of `grpo.run.lora.apply_lora`: r, alpha, dropout, target_modules).
             An adapter folder is merged into its base first, so fresh adapters
             (and the adapter-disabled reference) start from the adapted model.
             The adapters are float32 whatever `dtype` is: a bfloat16 base then
             halves the frozen weights' memory while the trained weights and
             their AdamW state keep full precision.
     """
-    from grpo import lora as lora_lib
+    from grpo.run import lora as lora_lib
 
     model = _load_weights(name_or_path, dtype, device)
     if lora:
@@ -256,7 +264,7 @@ def _load_weights(name_or_path: str, dtype: str, device: str):
     """
     from transformers import AutoModelForCausalLM
 
-    from grpo import lora as lora_lib
+    from grpo.run import lora as lora_lib
 
     if dtype not in DTYPES:
         raise ModelError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
@@ -268,7 +276,7 @@ def _load_weights(name_or_path: str, dtype: str, device: str):
         lora_lib.merge_and_unload(model)
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=hub_offline())
         except (OSError, ValueError) as err:
             raise ModelError(_not_found_message(name_or_path, err)) from None
         model.to(device)
@@ -278,11 +286,11 @@ def _load_weights(name_or_path: str, dtype: str, device: str):
     return model
 
 if __name__ == "__main__":
-    # `python -m grpo.models NAME ...` converts builtin models ahead of time (make install does this).
+    # `python -m grpo.run.models NAME ...` converts builtin models ahead of time (make install does this).
     import sys
 
     if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
-        print(f"python -m grpo.models [NAME ...]: convert builtin models into cached folders and print where "
+        print(f"python -m grpo.run.models [NAME ...]: convert builtin models into cached folders and print where "
               f"(default: smollm2-135m {TINY_MODEL}); builtin names: {', '.join([*BUILTIN_MODELS, TINY_MODEL])}")
         sys.exit(0)
     for name in sys.argv[1:] or ["smollm2-135m", TINY_MODEL]:

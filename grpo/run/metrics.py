@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from grpo.errors import ConfigError, DataError
+from grpo.run.errors import ConfigError, DataError
 
 
 def _plain(value):

@@ -4,12 +4,12 @@ GRPO (`grpo.trainer`) and the SFT baseline (`baselines.sft`) differ in their
 step and nothing else: both go through these functions, so they seed, claim
 their run folder, resume and checkpoint in one way.
 
-    run = start_run(cfg)                          ranks, seeds, run folder, checkpoint to resume from
-    state = load_resume_state(run, model)         its trainer state, checked, and its weights
-    checkpoints = Checkpointer(run, ...)          restores (`restore(state)`) and saves (`save(step)`)
-    logger = begin_logging(run, ...)              config.toml, metrics.jsonl, the progress bar
+    place = start_run(cfg)                        ranks, seeds, run folder, checkpoint to resume from (a RunPlace)
+    state = load_resume_state(place, model)       its trainer state, checked, and its weights
+    checkpoints = Checkpointer(place, ...)        restores (`restore(state)`) and saves (`save(step)`)
+    logger = begin_logging(place, ...)            config.toml, metrics.jsonl, the progress bar
     ... the loop ...
-    finish_run(run.run_dir)
+    finish_run(place.run_dir)
 """
 
 from __future__ import annotations
@@ -27,24 +27,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.hacking import hacking_warning, length_ratios, output_statistics
-from grpo import checkpoint as ckpt
-from grpo import distributed as dist
-from grpo import run_folder
-from grpo.config import current_name, save_config, to_dict
-from grpo.data import keep_short_prompts, make_examples, read_jsonl, split_path
-from grpo.errors import CheckpointError, ConfigError, DataError
-from grpo.guards import NonFiniteGuard, NonFiniteWeights
-from grpo.metrics import MetricsLogger
-from grpo.rollout import greedy_completions
-from rewards.base import example_references
+from grpo.run import checkpoint as ckpt
+from grpo.run import distributed as dist
+from grpo.run import run_folder
+from grpo.run.config import current_name, save_config, to_dict
+from grpo.run.data import keep_short_prompts, make_examples, read_jsonl, split_path
+from grpo.run.errors import CheckpointError, ConfigError, DataError
+from grpo.run.guards import NonFiniteGuard, NonFiniteWeights
+from grpo.run.metrics import MetricsLogger
 
 
 # --------------------------------------------------------------------------
 # Processes, seeds and the run folder
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Run:
+class RunPlace:
     """Where and as what this process trains."""
 
     cfg: object                 # the config with this rank's device ("cuda:1")
@@ -55,7 +52,7 @@ class Run:
     resume_from: Path | None    # the verified checkpoint to continue, or None for a new run
 
 
-def start_run(cfg) -> Run:
+def start_run(cfg) -> RunPlace:
     """Threads, process group, seeds and the run folder: the first lines of every training loop.
 
     torch is seeded alike on every rank, so that the model and its LoRA
@@ -73,7 +70,7 @@ def start_run(cfg) -> Run:
     np.random.seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
     run_dir, resume_from = prepare_run_dir(cfg)
-    return Run(cfg, requested, rank, world_size, run_dir, resume_from)
+    return RunPlace(cfg, requested, rank, world_size, run_dir, resume_from)
 
 
 def seed_each_rank(cfg, rank: int) -> None:
@@ -136,17 +133,17 @@ def _claim_run_dir(cfg, run_dir: Path) -> Path | None:
     return resume_from
 
 
-def begin_logging(run: Run, total_steps: int, start_step: int, bar_keys: tuple[str, ...]) -> MetricsLogger:
+def begin_logging(place: RunPlace, total_steps: int, start_step: int, bar_keys: tuple[str, ...]) -> MetricsLogger:
     """Everything is loaded: take over the run folder, write config.toml and open metrics.jsonl (rank 0 writes).
 
     A resumed run repeats the steps after its checkpoint: their old metric lines go.
     """
     if dist.is_main():
-        run_folder.start(run.run_dir)  # an old run being replaced moves aside only now
-        save_config(run.requested, run.run_dir / "config.toml")
-    return MetricsLogger(run.run_dir, total_steps, bar_keys=bar_keys, enabled=dist.is_main(),
-                         initial_step=start_step, truncate_after=start_step if run.resume_from else None,
-                         report_to=run.cfg.report_to)
+        run_folder.start(place.run_dir)  # an old run being replaced moves aside only now
+        save_config(place.requested, place.run_dir / "config.toml")
+    return MetricsLogger(place.run_dir, total_steps, bar_keys=bar_keys, enabled=dist.is_main(),
+                         initial_step=start_step, truncate_after=start_step if place.resume_from else None,
+                         report_to=place.cfg.report_to)
 
 
 def finish_run(run_dir: Path) -> None:
@@ -289,42 +286,6 @@ def write_eval_rows(run_dir: Path, step: int, rows: list[dict]) -> None:
     with open(out_dir / f"step-{step:06d}.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-@dataclass
-class DevOutputs:
-    """Greedy dev outputs and what they say about reward hacking (`eval.hacking`), for GRPO's and SFT's evaluation."""
-
-    outputs: list[str]                  # [n] one greedy output per dev example
-    references: list[list[str]]         # [n] each example's references
-    length_ratios: list[float]          # [n] output / reference characters
-    metrics: dict[str, float]           # eval/distinct_ratio, eval/top_share, ... for metrics.jsonl
-
-    def row(self, i: int) -> dict:
-        """The fields of eval/step-N.jsonl that belong to example i's output."""
-        return {"targets": self.references[i], "output": self.outputs[i], "length_ratio": self.length_ratios[i]}
-
-
-def generate_dev_outputs(run_cfg, model, tokenizer, examples: list[dict], logger: MetricsLogger, step: int,
-                         batch_size: int = 16) -> DevOutputs | None:
-    """Greedy outputs for the dev examples, their hacking statistics, and a one-line warning for a hedge.
-
-    Every rank takes part in the generation (a sharded model's forward is a
-    collective); only rank 0 gets the result, the others None.
-    """
-    with autocast(run_cfg):
-        outputs = greedy_completions(model, tokenizer, [e["prompt"] for e in examples],
-                                     run_cfg.eval_max_new_tokens, batch_size)
-    if not dist.is_main():
-        return None
-    references = [example_references(e, "dev evaluation") for e in examples]
-    stats = output_statistics(outputs, references, run_cfg.target_lang)
-    warning = hacking_warning(stats, outputs)
-    if warning:
-        logger.message(f"step {step}: {warning}")
-    return DevOutputs(outputs, references, length_ratios(outputs, references),
-                      {**{f"eval/{name}": value for name, value in stats.items()},
-                       "eval/mean_chars": float(np.mean([len(output) for output in outputs]))})
 
 
 # --------------------------------------------------------------------------
@@ -483,17 +444,17 @@ def check_data_unchanged(cfg, recorded: dict | None, checkpoint: Path) -> None:
                           "it was, or start a new run on the new data")
 
 
-def load_resume_state(run: Run, model) -> dict | None:
+def load_resume_state(place: RunPlace, model) -> dict | None:
     """The checkpoint's trainer state, checked against this run's config, with its weights loaded into `model`.
 
     None for a new run. Call it before sharding the model: every rank reads the whole weights.
     """
-    if run.resume_from is None:
+    if place.resume_from is None:
         return None
-    state = ckpt.load_trainer_state(run.resume_from)
-    check_resume_matches(run.requested, state["config"], run.resume_from)
-    check_data_unchanged(run.requested, state.get("data_files"), run.resume_from)
-    ckpt.load_policy_weights(model, run.resume_from)
+    state = ckpt.load_trainer_state(place.resume_from)
+    check_resume_matches(place.requested, state["config"], place.resume_from)
+    check_data_unchanged(place.requested, state.get("data_files"), place.resume_from)
+    ckpt.load_policy_weights(model, place.resume_from)
     return state
 
 
@@ -505,12 +466,12 @@ class Checkpointer:
     position and every rank's RNG states (each rank draws its own samples).
     """
 
-    run: Run
+    place: RunPlace
     model: torch.nn.Module
     tokenizer: object
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    sampler: ExampleSampler
+    example_sampler: ExampleSampler
     generator: torch.Generator | None = None   # the sampling generator, when the loop draws from its own
     data_files: dict | None = None             # `data_digests` of the data the run loaded, for its resume
 
@@ -525,16 +486,16 @@ class Checkpointer:
             return 0
         ckpt.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load(state["sampler"])
+        self.example_sampler.load(state["sampler"])
         # Older SFT checkpoints hold one RNG state, shared by every rank.
-        rng_per_rank = state["rng"] if isinstance(state["rng"], list) else [state["rng"]] * self.run.world_size
-        if self.run.rank < len(rng_per_rank):
-            ckpt.set_rng_state(rng_per_rank[self.run.rank], self.generator)
+        rng_per_rank = state["rng"] if isinstance(state["rng"], list) else [state["rng"]] * self.place.world_size
+        if self.place.rank < len(rng_per_rank):
+            ckpt.set_rng_state(rng_per_rank[self.place.rank], self.generator)
         return state["step"]
 
     def save(self, step: int) -> None:
         """Write checkpoint `step` (rank 0; every rank takes part in gathering its state)."""
-        rng = [None] * self.run.world_size
+        rng = [None] * self.place.world_size
         if dist.is_distributed():
             torch.distributed.all_gather_object(rng, ckpt.rng_state(self.generator))
         else:
@@ -542,11 +503,11 @@ class Checkpointer:
         weights, optimizer_state = ckpt.full_weights(self.model), ckpt.optimizer_state(self.model, self.optimizer)
         if dist.is_main():
             state = {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
-                     "sampler": self.sampler.state(), "rng": rng, "config": to_dict(self.run.requested),
+                     "sampler": self.example_sampler.state(), "rng": rng, "config": to_dict(self.place.requested),
                      "data_files": self.data_files}
-            ckpt.save_checkpoint(self.run.run_dir, step, self.model, self.tokenizer, state,
-                                 keep=self.run.cfg.keep_checkpoints, weights=weights)
-            run_folder.commit(self.run.run_dir)
+            ckpt.save_checkpoint(self.place.run_dir, step, self.model, self.tokenizer, state,
+                                 keep=self.place.cfg.keep_checkpoints, weights=weights)
+            run_folder.commit(self.place.run_dir)
         dist.barrier()
 
 
@@ -561,7 +522,7 @@ def stop_if_terminated(checkpoints: Checkpointer, step: int, last_step: int, sav
     if not saved:
         checkpoints.save(step)
     raise run_folder.Terminated(f"stopped by SIGTERM after step {step}; continue from "
-                                f"{ckpt.latest_checkpoint(checkpoints.run.run_dir)} with resume=auto")
+                                f"{ckpt.latest_checkpoint(checkpoints.place.run_dir)} with resume=auto")
 
 
 def is_due(step: int, every: int, last_step: int) -> bool:

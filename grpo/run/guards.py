@@ -13,8 +13,7 @@ import warnings
 
 import numpy as np
 
-from grpo.errors import UserError
-
+from grpo.run.errors import UserError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from grpo.errors import DataError
+from grpo.run.errors import DataError
 
 LANGUAGE_NAMES = {"bo": "Tibetan", "zh": "Chinese", "en": "English"}
 TASKS = ("mt", "hg")

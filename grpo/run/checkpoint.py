@@ -42,9 +42,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from grpo import distributed as dist
-from grpo import lora
-from grpo.errors import CheckpointError
+from grpo.run import distributed as dist
+from grpo.run import lora
+from grpo.run.errors import CheckpointError
 
 STATE_FILE = "trainer_state.pt"
 # The trainer state's "format": 2 since checkpoints always carry a manifest and hold only plain values.

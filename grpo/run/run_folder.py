@@ -38,8 +38,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from grpo.errors import ConfigError
-from grpo.metrics import close_open_loggers
+from grpo.run.errors import ConfigError
+from grpo.run.metrics import close_open_loggers
 
 LOCK_FILE = ".lock"
 REPLACED = ".replaced"
@@ -209,7 +209,7 @@ def sigterm_received() -> bool:
 
 def interrupted_note(out_dir) -> str:
     """What is true after Ctrl-C: where the run can be continued from, if anywhere."""
-    from grpo.checkpoint import latest_checkpoint
+    from grpo.run.checkpoint import latest_checkpoint
 
     if _key(out_dir) in _restored:
         return (f"interrupted before the new run's first checkpoint; '{out_dir}' holds the run it was to replace, "
@@ -276,7 +276,7 @@ def _settle_interrupted_overwrite(run_dir: Path) -> None:
     aside = run_dir / REPLACED
     if not aside.is_dir():
         return
-    from grpo.checkpoint import latest_checkpoint
+    from grpo.run.checkpoint import latest_checkpoint
 
     if (aside / SET_ASIDE_DONE).exists() and latest_checkpoint(run_dir) is not None:
         shutil.rmtree(aside)  # killed after its first checkpoint, before deleting the run it replaced

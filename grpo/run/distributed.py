@@ -28,7 +28,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
-from grpo.errors import ConfigError
+from grpo.run.errors import ConfigError
 
 
 def init(device: str = "cpu") -> tuple[int, int]:
