@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from grpo.advantages import SCALES
-from grpo.loss import AGGREGATIONS, IMPORTANCE_LEVELS, KL_ESTIMATORS
+from grpo.loss import AGGREGATIONS, IMPORTANCE_LEVELS, KL_ESTIMATORS, SAMPLER_CORRECTIONS
 from grpo.run import distributed as dist
 from grpo.run.config import RunConfig, check, option
 from grpo.run.errors import ConfigError
@@ -80,6 +80,13 @@ class GRPOConfig(RunConfig):
     max_extra_sampling_rounds: int = option(3, "dynamic sampling: extra rounds of prompts_per_step prompts at most; "
                                                "a batch still short is filled with the dropped groups of largest std")
 
+    sampler_correction: str = option("none", "truncated importance sampling for a sampler whose weights are not "
+                                             "the trainer's (bfloat16 copies, a compiled graph): each token's "
+                                             "surrogate weighted by min(pi_train / pi_sampler, cap), per token or "
+                                             "per sequence (loss.truncated_importance_weights); the ratio is "
+                                             "logged (sampler/*) either way", SAMPLER_CORRECTIONS)
+    sampler_correction_cap: float = option(2.0, "C, the cap on the sampler correction's weights")
+
     mu: int = option(1, "policy updates per batch of rollouts (inner epochs)")
     minibatches: int = option(1, "optimizer steps per inner epoch (the batch is split into this many)")
     micro_batch_size: int = option(0, "rows per forward/backward (gradient accumulation); 0 = whole minibatch")
@@ -134,6 +141,8 @@ class GRPOConfig(RunConfig):
         check(self.max_extra_sampling_rounds >= 0, "max_extra_sampling_rounds", "be >= 0",
               self.max_extra_sampling_rounds)
         check(self.log_completions_every >= 0, "log_completions_every", "be >= 0", self.log_completions_every)
+        check(self.sampler_correction_cap >= 1, "sampler_correction_cap", "be >= 1 (a cap below 1 would shrink "
+              "tokens the two policies agree on)", self.sampler_correction_cap)
         check(self.mu >= 1, "mu", "be >= 1", self.mu)
         rows = self.prompts_per_step * self.group_size
         check(self.minibatches >= 1 and self.prompts_per_step % self.minibatches == 0, "minibatches",

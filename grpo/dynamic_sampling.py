@@ -59,6 +59,7 @@ def concat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
         completion_ids=torch.cat([right(r.completion_ids, pad_id) for r in rollouts]),
         completion_mask=torch.cat([right(r.completion_mask, 0.0) for r in rollouts]),
         truncated=torch.cat([r.truncated for r in rollouts]),
+        sampler_logprobs=torch.cat([right(r.sampler_logprobs, 0.0) for r in rollouts]),
     )
 
 

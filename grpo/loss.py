@@ -9,7 +9,10 @@ Notation (per completion i and completion token t):
 
     L_it = -min(rho_it * A_i, clip(rho_it, 1 - eps_low, 1 + eps_high) * A_i) + beta * KL_it
 
-and the per-token losses are aggregated into one scalar by `aggregate`.
+and the per-token losses are aggregated into one scalar by `aggregate`. When
+the sampler's weights are not the trainer's (bfloat16 copies, a compiled
+graph), the surrogate term is also weighted by w_it, the truncated ratio of
+the trainer's to the sampler's probability (`truncated_importance_weights`).
 
 Gradient accumulation: every aggregation divides a *sum over rows* by a
 normaliser that depends on the whole optimizer batch (number of sequences,
@@ -27,6 +30,7 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 # Named for what they compute, as verl names them: GRPO's, DAPO's and Dr. GRPO's aggregation.
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 IMPORTANCE_LEVELS = ("token", "sequence")
+SAMPLER_CORRECTIONS = ("none", "token", "sequence")
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
@@ -157,6 +161,33 @@ def aggregate(per_token_loss: torch.Tensor, loss_mask: torch.Tensor, mode: str, 
     raise ValueError(f"mode must be one of {AGGREGATIONS}, got {mode!r}")
 
 
+def truncated_importance_weights(
+    trainer_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, loss_mask: torch.Tensor, cap: float,
+    level: str = "token",
+) -> torch.Tensor:
+    """Truncated importance sampling (TIS): how much more likely the trainer finds a token than the sampler did.
+
+        token:     w_it = min(exp(old_it - s_it), C)
+        sequence:  w_i  = min(exp(sum_t m_it (old_it - s_it)), C), broadcast to every token of sequence i
+
+    with old the trainer's log-probs of the rollout under the weights it was
+    sampled with (what the sampler should have computed), s the sampler's own
+    (`rollout.sampled_token_logprobs`) and C the cap, which bounds the
+    variance a rare token the sampler under-rated would bring. The sequence
+    variant is the likelihood ratio of the whole completion. The weights
+    multiply the surrogate term of the loss and carry no gradient; with equal
+    log-probs they are 1. TRL and verl correct vLLM's samples this way.
+
+    Shapes: [B, T], [B, T], [B, T] -> [B, T] (0 where masked).
+    """
+    log_ratio = (trainer_logprobs.detach() - sampler_logprobs) * loss_mask
+    if level == "sequence":
+        log_ratio = log_ratio.sum(dim=1, keepdim=True).expand_as(loss_mask)
+    elif level != "token":
+        raise ValueError(f"level must be token or sequence, got {level!r}")
+    return torch.where(loss_mask.bool(), torch.exp(log_ratio).clamp(max=cap), 0.0)
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """sum(values * mask) / sum(mask), 0 for an empty mask. Shapes: [B, T] -> []."""
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
@@ -177,11 +208,14 @@ def grpo_loss(
     aggregation: str = "seq-mean-token-mean",
     importance_level: str = "token",
     delta: float = 0.0,
+    sampler_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss for one micro-batch.
 
-        L_it = -min(rho_it A_i, clip(rho_it, 1-eps_low, 1+eps_high) A_i) + beta * KL_it
+        L_it = -w_it min(rho_it A_i, clip(rho_it, 1-eps_low, 1+eps_high) A_i) + beta * KL_it
         loss = aggregate(L, m)
+
+    with w_it = 1 unless `sampler_weights` are given.
 
     With delta > 0 the surrogate of tokens with A < 0 is capped first (`two_sided_clip`).
 
@@ -196,6 +230,8 @@ def grpo_loss(
             and including EOS) of a sample whose reward did not fail (and, with mask_truncated, that
             was not cut at max_new_tokens).
         norm: batch-level denominators (see `Normaliser`).
+        sampler_weights: optional [B, T] w, the correction for a sampler whose weights are not the
+            trainer's (`truncated_importance_weights`); None: w = 1.
 
     Returns:
         loss (scalar) and detached statistics averaged over this micro-batch's
@@ -207,6 +243,8 @@ def grpo_loss(
     if delta > 0.0:
         per_token_loss, capped = two_sided_clip(per_token_loss, advantages, delta)
         stats["clip_delta"] = masked_mean(capped.float(), loss_mask)
+    if sampler_weights is not None:
+        per_token_loss = per_token_loss * sampler_weights.detach()
     if beta > 0.0:
         if ref_logprobs is None:
             raise ValueError("beta > 0 needs ref_logprobs")

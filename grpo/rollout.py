@@ -26,6 +26,8 @@ class Rollout:
     completion_ids: torch.Tensor    # [B, Lc] pad after the first EOS
     completion_mask: torch.Tensor   # [B, Lc] float, 1 up to and including the first EOS
     truncated: torch.Tensor         # [B] bool, True if no EOS within max_new_tokens
+    sampler_logprobs: torch.Tensor  # [B, Lc] float32, log pi_sampler of each completion token, 0 where masked
+                                    #         (`sampled_token_logprobs`: the weights the sampler decoded with)
 
     @property
     def completion_lengths(self) -> torch.Tensor:  # [B]
@@ -91,6 +93,26 @@ def sample_next_token(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 
+def sampled_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log pi_sampler(token) = log_softmax(logits / temperature)[token], in float32; 0 at temperature 0.
+
+    This is the tempered distribution over the whole vocabulary, before top-k
+    and top-p truncation: the distribution the trainer's log-prob pass
+    computes (`logprobs.py`), so that with the same weights the sampler's and
+    the trainer's log-probs agree and only a difference of weights (bfloat16
+    copies, a compiled graph, quantisation) moves their ratio. The truncated
+    distribution the token was drawn from would move it too: renormalising
+    over the nucleus raises every kept token's probability, by 1 / 0.9 on
+    average at top_p = 0.9. At temperature 0 the sampler is a point mass.
+
+    Shapes: logits [B, V], tokens [B] -> [B].
+    """
+    if temperature == 0.0:
+        return torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+
+
 def completion_mask_after_eos(completion_ids: torch.Tensor, eos_token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask that keeps tokens up to and including the first EOS, and the truncated flags.
 
@@ -126,7 +148,8 @@ def encode_prompts(model, tokenizer, prompts: list[str]) -> tuple[torch.Tensor, 
 
 
 def finish_rollout(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                   eos_token_ids: torch.Tensor, pad_id: int, group_size: int, ignore_eos: bool) -> Rollout:
+                   sampler_logprobs: torch.Tensor, eos_token_ids: torch.Tensor, pad_id: int, group_size: int,
+                   ignore_eos: bool) -> Rollout:
     """The end of every sampler: each prompt repeated for its group, each completion cut after its first EOS.
 
     Tokens after a row's EOS become pad and leave the mask; columns after the
@@ -134,19 +157,21 @@ def finish_rollout(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completi
     returns what one that stopped there would. With ignore_eos every token
     counts and every row is truncated.
 
-    Shapes: prompt_ids, prompt_mask [P, Lp], completion_ids [B, T] (B = P * G) -> Rollout with Lc <= T.
+    Shapes: prompt_ids, prompt_mask [P, Lp], completion_ids, sampler_logprobs [B, T] (B = P * G)
+    -> Rollout with Lc <= T.
     """
     prompt_ids = prompt_ids.repeat_interleave(group_size, dim=0)                    # [B, Lp]
     prompt_mask = prompt_mask.repeat_interleave(group_size, dim=0)
     if ignore_eos:
         completion_mask = torch.ones_like(completion_ids, dtype=torch.float)
         truncated = torch.ones(completion_ids.shape[0], dtype=torch.bool, device=completion_ids.device)
-        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
+        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, sampler_logprobs)
     completion_mask, truncated = completion_mask_after_eos(completion_ids, eos_token_ids)
     width = int(completion_mask.sum(dim=1).max())
     completion_ids, completion_mask = completion_ids[:, :width], completion_mask[:, :width]
     completion_ids = torch.where(completion_mask.bool(), completion_ids, pad_id)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated)
+    sampler_logprobs = sampler_logprobs[:, :width] * completion_mask
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, sampler_logprobs)
 
 
 @torch.no_grad()  # not inference_mode: these tensors feed the autograd pass later
@@ -191,11 +216,12 @@ def sample_groups(
     next_position = attention_mask.sum(dim=1, keepdim=True)                      # [B, 1]
 
     finished = torch.zeros(attention_mask.shape[0], dtype=torch.bool, device=attention_mask.device)
-    tokens = []
+    tokens, token_logprobs = [], []
     for step in range(max_new_tokens):
         next_token = sample_next_token(next_logits, temperature, top_k, top_p, generator)
         next_token = torch.where(finished, pad_id, next_token)
         tokens.append(next_token)
+        token_logprobs.append(sampled_token_logprobs(next_logits, next_token, temperature))
         if not ignore_eos:
             finished |= torch.isin(next_token, eos_token_ids)
             done = bool(finished.all())
@@ -217,7 +243,8 @@ def sample_groups(
         next_position = next_position + 1
 
     completion_ids = torch.stack(tokens, dim=1)                                  # [B, Lc]
-    return finish_rollout(prompt_ids, prompt_mask, completion_ids, eos_token_ids, pad_id, group_size, ignore_eos)
+    return finish_rollout(prompt_ids, prompt_mask, completion_ids, torch.stack(token_logprobs, dim=1),
+                          eos_token_ids, pad_id, group_size, ignore_eos)
 
 
 def decode_completions(tokenizer, rollout: Rollout) -> list[str]:

@@ -46,6 +46,7 @@ from grpo.rollout import (
     exponential_noise,
     finish_rollout,
     sample_groups,
+    sampled_token_logprobs,
     sampling_probs,
 )
 from grpo.run.errors import ModelError
@@ -69,11 +70,16 @@ def prompt_bucket(length: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
 
 
 def next_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                noise: torch.Tensor | None) -> torch.Tensor:
-    """The sampled (or, at temperature 0, greedy) token of each row. [B, V], noise [B, V] -> [B] long."""
+                noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampled (or, at temperature 0, greedy) token of each row and its log-prob (`sampled_token_logprobs`).
+
+    Shapes: logits [B, V], noise [B, V] -> tokens [B] long, logprobs [B] float32.
+    """
     if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    return draw_tokens(sampling_probs(logits, temperature, top_k, top_p), noise)
+        tokens = logits.argmax(dim=-1)
+    else:
+        tokens = draw_tokens(sampling_probs(logits, temperature, top_k, top_p), noise)
+    return tokens, sampled_token_logprobs(logits, tokens, temperature)
 
 
 class GenerationWeights:
@@ -145,12 +151,12 @@ class StaticSampler:
 
     def decode_step(self, model, cache: StaticCache, tokens: torch.Tensor, positions: torch.Tensor,
                     attention_mask: torch.Tensor, noise: torch.Tensor | None,
-                    temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+                    temperature: float, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed each row's current token at its position, write its keys and values at the next slot, sample.
 
         Shapes: tokens [B], positions [B], attention_mask [B, Lb + T] (1 for
         the prompt's real tokens and every slot written so far, this one
-        included), noise [B, V] -> next tokens [B].
+        included), noise [B, V] -> next tokens [B] and their log-probs [B].
         """
         logits = model(input_ids=tokens.unsqueeze(1), position_ids=positions.unsqueeze(1),
                        attention_mask=attention_mask, cache=cache, use_cache=True).logits[:, -1]
@@ -225,17 +231,20 @@ class StaticSampler:
             attention_mask[:, :bucket] = padded_mask.repeat_interleave(group_size, dim=0)
             positions = prompt_mask.sum(dim=1).repeat_interleave(group_size)              # [B]
             completion_ids = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+            sampler_logprobs = torch.zeros(batch, max_new_tokens, dtype=torch.float32, device=device)
             finished = torch.zeros(batch, dtype=torch.bool, device=device)
             step_function = self._step_function(device)
 
             def noise():
                 return exponential_noise(batch, vocab, device, generator) if temperature else None
 
-            next_token = next_tokens(first_logits, temperature, top_k, top_p, noise())
+            next_token, next_logprob = next_tokens(first_logits, temperature, top_k, top_p, noise())
             steps = 0
             for step in range(max_new_tokens):
                 next_token = torch.where(finished, pad_id, next_token)
+                # Copied out before the next step: a CUDA graph's replay overwrites its outputs.
                 completion_ids[:, step] = next_token
+                sampler_logprobs[:, step] = next_logprob
                 steps = step + 1
                 if not ignore_eos:
                     finished |= torch.isin(next_token, eos_token_ids)
@@ -247,13 +256,13 @@ class StaticSampler:
                 attention_mask[:, bucket + step] = 1
                 if self.on_cuda and self.compile:
                     torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
-                next_token = step_function(model, cache, next_token, positions, attention_mask, noise(),
-                                           temperature, top_k, top_p)
+                next_token, next_logprob = step_function(model, cache, next_token, positions, attention_mask,
+                                                         noise(), temperature, top_k, top_p)
                 positions = positions + 1
 
         # Up to check_every - 1 steps may have run after the last row's EOS: finish_rollout drops them.
-        return finish_rollout(prompt_ids, prompt_mask, completion_ids[:, :steps], eos_token_ids, pad_id,
-                              group_size, ignore_eos)
+        return finish_rollout(prompt_ids, prompt_mask, completion_ids[:, :steps], sampler_logprobs[:, :steps],
+                              eos_token_ids, pad_id, group_size, ignore_eos)
 
 
 def make_rollout_sampler(generation: str, weights_dtype: torch.dtype | None = None):

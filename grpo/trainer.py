@@ -30,7 +30,7 @@ from grpo.advantages import group_advantages, normalize_then_sum
 from grpo.config import GRPOConfig
 from grpo.dynamic_sampling import ScoredBatch, fill_with_informative_groups
 from grpo.logprobs import TokenLogprobs, checkpoint_decoder_layers, completion_logprobs
-from grpo.loss import Normaliser, grpo_loss, masked_mean
+from grpo.loss import Normaliser, grpo_loss, kl_estimate, masked_mean, truncated_importance_weights
 from grpo.overlong import soft_overlong_penalty
 from grpo.rollout import Rollout, decode_completions
 from grpo.run import distributed as dist
@@ -224,6 +224,9 @@ class UpdateStats:
     clip_region: list[float] = field(default_factory=list)
     clip_delta: list[float] = field(default_factory=list)   # empty without delta
     entropy: list[float] = field(default_factory=list)
+    sampler_kl: list[float] = field(default_factory=list)       # the sampler against the trainer
+    sampler_ratio: list[float] = field(default_factory=list)
+    sampler_capped: list[float] = field(default_factory=list)   # empty without sampler_correction
     grad_norm: list[float] = field(default_factory=list)
     skipped: int = 0                                        # steps skipped as non-finite
 
@@ -264,12 +267,16 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
                 # One optimizer step per rollout: the sampling policy *is* the
                 # current one, so its log-probs are these, detached (ratio 1, gradient of logp).
                 old = old_logprobs[rows] if old_logprobs is not None else logprobs.detach()
+                sampler_weights, sampler_stats = compare_sampler(old, rollout.sampler_logprobs[rows], loss_mask[rows],
+                                                                 cfg)
                 loss, micro_stats = grpo_loss(
                     logprobs, old, ref_logprobs[rows] if ref_logprobs is not None else None,
                     advantages[rows], loss_mask[rows], norm,
                     eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta, kl_estimator=cfg.kl_estimator,
                     aggregation=cfg.loss_aggregation, importance_level=cfg.importance_level, delta=cfg.delta,
+                    sampler_weights=sampler_weights,
                 )
+                micro_stats.update(sampler_stats)
                 loss.backward()
                 step_loss += loss.item()
                 # grpo_loss averages over the scored tokens, the entropy over every completion token.
@@ -287,6 +294,27 @@ def policy_update(model, optimizer, scheduler, rollout, loss_mask, advantages, o
             for key, value in step_stats.means().items():
                 getattr(stats, key).append(value)
     return stats
+
+
+def compare_sampler(trainer_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, loss_mask: torch.Tensor,
+                    cfg: GRPOConfig) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """The sampler correction's weights (None when sampler_correction = "none") and how far the sampler was.
+
+    trainer_logprobs [B, T] are the trainer's log-probs of the rollout under the
+    weights it was sampled with; sampler_logprobs [B, T] the sampler's own.
+    With l_it = trainer - sampler, over the scored tokens:
+        sampler_kl     = mean(exp(l) - l - 1), the k3 estimate of KL(pi_sampler || pi_train)
+        sampler_ratio  = mean(exp(l)), 1 when the two agree
+        sampler_capped = share of tokens whose weight the cap cut (with the correction on)
+    """
+    stats = {"sampler_kl": masked_mean(kl_estimate(sampler_logprobs, trainer_logprobs.detach(), "k3"), loss_mask),
+             "sampler_ratio": masked_mean(torch.exp(trainer_logprobs.detach() - sampler_logprobs), loss_mask)}
+    if cfg.sampler_correction == "none":
+        return None, stats
+    weights = truncated_importance_weights(trainer_logprobs, sampler_logprobs, loss_mask, cfg.sampler_correction_cap,
+                                           cfg.sampler_correction)
+    stats["sampler_capped"] = masked_mean((weights >= cfg.sampler_correction_cap).float(), loss_mask)
+    return weights, stats
 
 
 class TokenMeans:
@@ -338,6 +366,9 @@ def step_metrics(run: GRPORun, scored: ScoredBatch, advantages: torch.Tensor, ze
         "clip_ratio/high_mean": float(np.mean(update.clip_high)),
         "clip_ratio/region_mean": float(np.mean(update.clip_region)),
         **({"clip_ratio/delta_mean": float(np.mean(update.clip_delta))} if cfg.delta else {}),
+        "sampler/kl": float(np.mean(update.sampler_kl)),
+        "sampler/ratio_mean": float(np.mean(update.sampler_ratio)),
+        **({"sampler/capped_ratio": float(np.mean(update.sampler_capped))} if update.sampler_capped else {}),
         "completions/mean_length": float(lengths.mean()),
         "completions/max_length": float(lengths.max()),
         "completions/clipped_ratio": float(rollout.truncated.float().mean()),

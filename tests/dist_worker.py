@@ -94,7 +94,7 @@ def main(out_path: str, aggregation: str, fsdp: bool, lora: bool) -> None:
 
     rows = slice(rank * PROMPTS * GROUP // world, (rank + 1) * PROMPTS * GROUP // world)
     local = Rollout(rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
-                    rollout.completion_mask[rows], rollout.truncated[rows])
+                    rollout.completion_mask[rows], rollout.truncated[rows], rollout.sampler_logprobs[rows])
     cfg = load_config(GRPOConfig, overrides={"prompts_per_step": PROMPTS // world, "group_size": GROUP,
                                                  "max_new_tokens": 6, "loss_aggregation": aggregation, "beta": 0.0,
                                                  "max_grad_norm": MAX_GRAD_NORM, "fsdp": fsdp})

@@ -37,7 +37,7 @@ def made_up_batch(rewards, prompt_len, completion_len, tag):
         examples=[{"id": f"{tag}-{row // 2}"} for row in range(rows)],
         rollout=Rollout(ids.expand(rows, prompt_len).clone(), torch.ones(rows, prompt_len, dtype=torch.long),
                         ids.expand(rows, completion_len).clone(), torch.ones(rows, completion_len),
-                        torch.zeros(rows, dtype=torch.bool)),
+                        torch.zeros(rows, dtype=torch.bool), -ids.expand(rows, completion_len).float()),
         completions=[f"{tag}/{row}" for row in range(rows)],
         rewards=rewards, components={"term": rewards.double().numpy() * 2}, errors={}, scores=rewards.clone())
 
@@ -60,6 +60,7 @@ def test_a_second_round_fills_the_batch_with_informative_groups():
     assert batch.rollout.prompt_mask[0].tolist() == [0, 0, 1, 1, 1]
     assert batch.rollout.completion_ids[1].tolist() == [103, 103, PAD, PAD]
     assert batch.rollout.completion_mask[1].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert batch.rollout.sampler_logprobs[1].tolist() == [-103.0, -103.0, 0.0, 0.0]  # right-padded with 0
     assert batch.rollout.prompt_ids[2].tolist() == [202] * 5
 
 

@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from grpo.loss import Normaliser, aggregate, clipped_surrogate, grpo_loss, importance_log_ratio, kl_estimate
+from grpo.loss import (
+    Normaliser,
+    aggregate,
+    clipped_surrogate,
+    grpo_loss,
+    importance_log_ratio,
+    kl_estimate,
+    truncated_importance_weights,
+)
 
 LOG_HALF, LOG_QUARTER = math.log(0.5), math.log(0.25)
 
@@ -177,3 +185,38 @@ def test_grpo_loss_applies_delta_only_when_set():
     assert plain.item() == pytest.approx((5.0 + 2.0) / 2)
     assert capped.item() == pytest.approx((3.0 + 2.0) / 2)
     assert "clip_delta" not in plain_stats and capped_stats["clip_delta"].item() == pytest.approx(0.5)
+
+
+def test_truncated_importance_weights_by_hand():
+    # log(pi_train / pi_sampler) per token: [0.5, -0.2, 1.0 (masked)] and [0.9, 0.0, 0.0 (masked)]
+    trainer = torch.tensor([[-1.0, -2.2, -0.5], [-0.1, -3.0, -1.0]])
+    sampler = torch.tensor([[-1.5, -2.0, -1.5], [-1.0, -3.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    token = truncated_importance_weights(trainer, sampler, mask, cap=2.0, level="token")
+    # exp(0.5) = 1.6487, exp(-0.2) = 0.8187, exp(0.9) = 2.4596 -> capped at 2
+    torch.testing.assert_close(token, torch.tensor([[1.64872, 0.81873, 0.0], [2.0, 1.0, 0.0]]), atol=1e-5, rtol=0)
+    sequence = truncated_importance_weights(trainer, sampler, mask, cap=2.0, level="sequence")
+    # sequence 1: exp(0.5 - 0.2) = 1.34986 on its scored tokens; sequence 2: exp(0.9) capped at 2
+    torch.testing.assert_close(sequence, torch.tensor([[1.34986, 1.34986, 0.0], [2.0, 2.0, 0.0]]), atol=1e-5,
+                               rtol=0)
+    # a log-ratio too large for exp stays capped, and masked positions stay 0 (no inf * 0 = nan)
+    huge = truncated_importance_weights(trainer + 500.0, sampler, mask, cap=2.0, level="sequence")
+    assert huge.tolist() == [[2.0, 2.0, 0.0], [2.0, 2.0, 0.0]]
+
+
+def test_sampler_weights_scale_the_surrogate_and_not_the_kl():
+    # mu = 1 (ratio 1): L_it = -w_it * A_i + beta * k3_it, token-mean over the 3 scored tokens
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -1.5]], requires_grad=True)
+    ref = torch.tensor([[-1.2, -2.0], [-0.5, -1.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    advantages = torch.tensor([1.0, -2.0])
+    weights = torch.tensor([[1.5, 0.5], [2.0, 0.0]])
+    loss, _ = grpo_loss(logp, logp.detach(), ref, advantages, mask, Normaliser.of(mask, 2), beta=0.1,
+                        aggregation="token-mean", sampler_weights=weights)
+    k3 = lambda log_r: math.exp(log_r) - log_r - 1  # noqa: E731
+    expected = (-1.5 * 1.0 + 0.1 * k3(-0.2)) + (-0.5 * 1.0 + 0.1 * k3(0.0)) + (-2.0 * -2.0 + 0.1 * k3(0.0))
+    assert loss.item() == pytest.approx(expected / 3, abs=1e-6)
+    loss.backward()
+    # d/dlogp of -w A rho = -w A (rho = 1); of beta k3 = beta (1 - exp(ref - logp))
+    assert logp.grad[0, 0].item() == pytest.approx((-1.5 + 0.1 * (1 - math.exp(-0.2))) / 3, abs=1e-6)
+    assert logp.grad[1, 0].item() == pytest.approx(4.0 / 3, abs=1e-6)

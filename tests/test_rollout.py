@@ -103,3 +103,34 @@ def test_rows_g_times_G_to_g_times_G_plus_G_minus_1_are_prompt_g(tiny, generatio
         for row in range(prompt_index * group_size, (prompt_index + 1) * group_size):
             assert rollout.prompt_ids[row][rollout.prompt_mask[row].bool()].tolist() == prompt_ids, row
             assert torch.equal(rollout.completion_ids[row], alone.completion_ids[0]), row
+
+
+@pytest.mark.parametrize("generation", ["eager", "static"])
+def test_the_sampler_log_probs_are_the_trainers_under_top_p(tiny, generation):
+    # The sampler records log softmax(z / T) over the whole vocabulary, the distribution the
+    # trainer scores, not the top-p nucleus it drew from: with the same weights the ratio of the
+    # two is 1, where the nucleus's renormalised log-probs would put it near top_p on average.
+    from grpo.logprobs import completion_logprobs
+    from grpo.static_rollout import make_rollout_sampler
+
+    model, tokenizer = tiny
+    temperature, top_p = 0.7, 0.5
+    rollout = make_rollout_sampler(generation)(model, tokenizer, _prompts(tokenizer), 4, 6, temperature=temperature,
+                                               top_p=top_p, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        trainer, _ = completion_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+                                         rollout.completion_mask, temperature=temperature)
+    mask = rollout.completion_mask
+    assert torch.equal(rollout.sampler_logprobs * mask, rollout.sampler_logprobs)  # 0 where masked
+    torch.testing.assert_close(rollout.sampler_logprobs, trainer, atol=2e-5, rtol=0)
+    ratio = float((torch.exp(trainer - rollout.sampler_logprobs) * mask).sum() / mask.sum())
+    assert ratio == pytest.approx(1.0, abs=1e-5)
+    # what a nucleus-renormalised log-prob would have given instead: every kept token looks likelier
+    nucleus_mass = float((torch.exp(rollout.sampler_logprobs) * mask).sum() / mask.sum())
+    assert nucleus_mass < 1.0
+
+
+def test_a_greedy_rollout_records_log_prob_zero(tiny):
+    model, tokenizer = tiny
+    rollout = sample_groups(model, tokenizer, _prompts(tokenizer), 1, 4, temperature=0.0)
+    assert torch.equal(rollout.sampler_logprobs, torch.zeros_like(rollout.sampler_logprobs))

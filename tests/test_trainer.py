@@ -1,6 +1,9 @@
 """Integration: the whole GRPO loop on the tiny random Llama."""
 
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -373,7 +376,8 @@ def test_logged_kl_clip_ratios_and_entropy_do_not_depend_on_micro_batch_size(tmp
     sampled = sample_groups(model, tokenizer, prompts, 4, 6, generator=torch.Generator().manual_seed(0))
     lengths = torch.tensor([1, 6, 2, 5, 6, 1, 3, 6])
     mask = (torch.arange(sampled.completion_ids.shape[1]) < lengths.unsqueeze(1)).float()
-    rollout = Rollout(sampled.prompt_ids, sampled.prompt_mask, sampled.completion_ids, mask, sampled.truncated)
+    rollout = Rollout(sampled.prompt_ids, sampled.prompt_mask, sampled.completion_ids, mask, sampled.truncated,
+                      sampled.sampler_logprobs * mask)
     advantages = torch.randn(8, generator=torch.Generator().manual_seed(1))
     cfg = tiny_config(tmp_path, beta=0.04, lr=1e-3, max_grad_norm=0.0)
     with torch.no_grad():
@@ -403,3 +407,42 @@ def test_logged_kl_clip_ratios_and_entropy_do_not_depend_on_micro_batch_size(tmp
                                       ref_logprobs, cfg)
         for key, value in expected.items():
             assert getattr(stats, key) == [pytest.approx(value, rel=1e-5)], (micro, key)
+
+
+def test_the_sampler_correction_is_the_identity_for_equal_weights_and_the_hand_computed_weight_otherwise(tmp_path):
+    """Equal weights: ratio 1, the loss of no correction. A sampler that under-rated every token by
+    0.5 nats: weight exp(0.5) on the surrogate (beta = 0, mu = 1: the loss is -mean(w A)), or the cap."""
+    from grpo.rollout import sample_groups
+    from grpo.run.models import load_model
+
+    model, tokenizer = load_model("tiny-random-llama")
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                             add_generation_prompt=True) for t in ("one", "two words")]
+    cfg = tiny_config(tmp_path, beta=0.0, lr=1e-3, max_grad_norm=0.0, loss_aggregation="token-mean")
+    rollout = sample_groups(model, tokenizer, prompts, 4, 6, temperature=cfg.temperature,
+                            generator=torch.Generator().manual_seed(0))
+    advantages = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    mask = rollout.completion_mask
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def update(correction, cap=2.0, sampler_shift=0.0):
+        model.load_state_dict(start)
+        run_cfg = tiny_config(tmp_path, beta=0.0, lr=1e-3, max_grad_norm=0.0, loss_aggregation="token-mean",
+                              sampler_correction=correction, sampler_correction_cap=cap)
+        shifted = dataclasses.replace(rollout, sampler_logprobs=(rollout.sampler_logprobs - sampler_shift) * mask)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        return trainer.policy_update(model, optimizer, scheduler, shifted, mask, advantages, None, None, run_cfg)
+
+    # The sampler's cached decode and the trainer's full pass agree to float32 rounding (~1e-5 in a
+    # log-prob), so the weights are 1 to that precision; the loss is a mean of terms of size |A| ~ 1.
+    plain = update("none")
+    assert plain.sampler_ratio == [pytest.approx(1.0, abs=1e-5)] and plain.sampler_kl[0] < 1e-9
+    for level in ("token", "sequence"):
+        same = update(level)
+        assert same.loss == [pytest.approx(plain.loss[0], abs=2e-5)] and same.sampler_capped == [0.0]
+    token = update("token", sampler_shift=0.5)
+    assert token.loss == [pytest.approx(math.exp(0.5) * plain.loss[0], abs=5e-5)]
+    assert token.sampler_ratio == [pytest.approx(math.exp(0.5), rel=1e-5)] and token.sampler_capped == [0.0]
+    capped = update("token", cap=1.5, sampler_shift=0.5)
+    assert capped.loss == [pytest.approx(1.5 * plain.loss[0], abs=2e-5)] and capped.sampler_capped == [1.0]
