@@ -40,6 +40,7 @@ from eval.dev_outputs import generate_dev_outputs
 from grpo.logprobs import completion_logprobs
 from grpo.run import distributed as dist
 from grpo.run import run_folder
+from grpo.run.command import run_command
 from grpo.run.config import RunConfig, check, option
 from grpo.run.errors import ConfigError
 from grpo.run.guards import NonFiniteGuard, TooManySkippedSteps
@@ -355,9 +356,7 @@ def train_sft(cfg: SFTConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m baselines.sft [PRESET.toml] [key=value ...]`; `--help` lists every key."""
-    from grpo.cli import main as run_main
-
-    return run_main(argv, config_class=SFTConfig, run=train_sft, usage=__doc__)
+    return run_command(argv, SFTConfig, train_sft, __doc__)
 
 
 if __name__ == "__main__":

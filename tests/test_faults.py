@@ -216,6 +216,14 @@ def test_alignment_tax_names_a_missing_tuned_folder_before_any_work(tmp_path, ca
 
 
 # ------------------------------------------------------------ entry points
+def test_sft_and_the_evaluations_import_the_runtime_and_not_the_grpo_loop():
+    code = ("import importlib, pkgutil, sys, baselines.sft\n"
+            "for module in pkgutil.iter_modules(['eval']): importlib.import_module('eval.' + module.name)\n"
+            "print(sorted(name for name in sys.modules if name in ('grpo.trainer', 'grpo.cli')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
 def test_importing_the_packages_leaves_the_environment_alone(monkeypatch):
     clean = {key: value for key, value in env().items() if key != "HF_HUB_OFFLINE"}
     code = "import os, grpo.trainer, baselines.sft, eval.alignment_tax; print(os.environ.get('HF_HUB_OFFLINE'))"
