@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from grpo.run.errors import exit_code_of
 from grpo.config import GRPOConfig
 from grpo.rollout import greedy_completions
 from grpo.run.config import load_config, save_config
-from grpo.run.errors import DataError
+from grpo.run.errors import DataError, exit_code_of
 from grpo.run.models import load_model
 from grpo.run.training_run import load_task_examples
 from rewards.embedding import EmbeddingCosineReward, build_encoder, percentile_tau

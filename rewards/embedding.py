@@ -26,8 +26,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from rewards.errors import RewardError
 from rewards.base import RewardOutput, check_batch, example_references
+from rewards.errors import RewardError
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Callable
 
 import numpy as np
 
-from rewards.errors import RewardError
 from rewards.base import Reward, RewardOutput, WeightedSum
 from rewards.embedding import EmbeddingCosineReward, Encoder, build_encoder
+from rewards.errors import RewardError
 from rewards.language import LanguageConsistencyReward
 from rewards.length import LengthGuardReward, LengthRatioPenalty
 from rewards.lexical import ChrfReward, SentenceBleuReward

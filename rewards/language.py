@@ -27,8 +27,8 @@ import unicodedata
 
 import numpy as np
 
-from rewards.errors import RewardError
 from rewards.base import RewardOutput, check_batch, example_field
+from rewards.errors import RewardError
 
 # Script -> inclusive code-point ranges. Blocks, not the full Unicode Script
 # property: close enough for deciding which writing system a letter is from.

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rewards.errors import RewardError
 from rewards.base import RewardOutput, check_batch, example_references
+from rewards.errors import RewardError
 
 
 class LengthGuardReward:

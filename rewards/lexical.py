@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
-from rewards.errors import RewardError
 from rewards.base import RewardOutput, check_batch, example_field, example_references
+from rewards.errors import RewardError
 from rewards.language import primary_language
 
 # sacrebleu tokenizer for each target language. Chinese has sacrebleu's own

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rewards.errors import RewardError
 from rewards.base import RewardOutput, check_batch
+from rewards.errors import RewardError
 
 
 def repeated_ngram_share(text: str, n: int) -> float:

@@ -562,8 +562,7 @@ def test_factory_builds_several_named_custom_rewards(tmp_path, monkeypatch):
 
 def test_encoder_device_reaches_the_transformers_encoder():
     # The meta device holds no data, but the encoder's weights land there only if the option is passed on.
-    from grpo.config import build_reward_from_config
-    from grpo.config import GRPOConfig
+    from grpo.config import GRPOConfig, build_reward_from_config
     from grpo.run.config import load_config
 
     folder = minilm_folder()
