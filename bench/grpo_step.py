@@ -3,8 +3,10 @@
 Runs the real trainer (`grpo.trainer.train`) for a fixed number of steps on
 the MT prompts with fixed-length completions, then reports from its metrics:
 the median seconds per step and per phase, completion tokens/s, the peak
-resident memory of the process, and the update phase's achieved FLOP/s as a
-fraction of a matmul peak measured in the same process.
+resident memory of the process, and each phase's utilisation as the trainer
+logs it (`grpo.run.utilisation`): generation against its roofline, the
+log-prob passes and the update against the matmul peak, both measured in the
+same process.
 
     python -m bench.grpo_step                      # SmolLM2-135M, P=2, G=8, T=32, beta=0.04, mu=1, fp32
     python -m bench.grpo_step dtype=bfloat16 steps=6
@@ -25,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,42 +72,6 @@ def peak_gpu_gb() -> float | None:
     return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
 
 
-def matmul_peak_flops(dtype: torch.dtype = torch.float32, device: str = "cpu", repeats: int = 10) -> float:
-    """Best achieved FLOP/s of a square matmul (2 n^3 flops) on this device, now.
-
-    n = 1024 on a CPU, 8192 on a GPU (a small product would not fill it).
-    """
-    size = 8192 if device.startswith("cuda") else 1024
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
-
-    def synchronize():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        a @ b
-        synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
-def count_parameters(model_name: str) -> int:
-    """Parameters of a model, counted on the meta device (no weights are read: a 4B model would take a minute)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from grpo.run.models import resolve_model_path
-
-    config = AutoConfig.from_pretrained(resolve_model_path(model_name))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
-
-
 def cut_prompts(examples: list[dict], tokenizer, prompt_tokens: int) -> list[dict]:
     """The examples whose prompts have at least `prompt_tokens` tokens, each prompt cut to its last ones.
 
@@ -148,6 +113,7 @@ def run(overrides: dict) -> dict:
     from grpo.run.config import load_config
     from grpo.run.errors import ConfigError
     from grpo.run.metrics import read_metrics
+    from grpo.run.utilisation import Machine
 
     steps, warmup = overrides.pop("steps", 5), overrides.pop("warmup", 1)
     prompt_tokens = overrides.pop("prompt_tokens", 0)
@@ -167,17 +133,10 @@ def run(overrides: dict) -> dict:
     def median(key: str) -> float:
         return statistics.median(r.get(key, 0.0) for r in rows)
 
-    # The update's matmuls run in bf16 under autocast, else in the weights' dtype.
+    # The trainer's utilisation/<phase> (grpo.run.utilisation): the floors against this machine's limits, which it
+    # measures at the start in the dtype the matmuls run in (bf16 under autocast); measured again here for the record.
     bf16 = cfg.mixed_precision == "bf16" or cfg.dtype == "bfloat16"
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    params = count_parameters(cfg.model)
-    # fwd + bwd ~ 6 * params * tokens read by the update's policy pass; with LoRA
-    # the frozen weights get no gradient, so 4 * params (the adapters' share is negligible).
-    # A checkpointed body's replayed forward is not counted: it is work, not model FLOPs.
-    flops_per_token = (4 if cfg.lora_r else 6) * params
-    update_flops = flops_per_token * (median("tokens/prompt") + median("tokens/completion")) * cfg.mu
-    update_seconds = median("time/update")
-    peak_flops = matmul_peak_flops(dtype, cfg.device)
+    machine = Machine.measure(cfg.device, torch.bfloat16 if bf16 else torch.float32)
     return {
         "implementation": "ours",
         "model": cfg.model, "P": cfg.prompts_per_step, "G": cfg.group_size, "T": cfg.max_new_tokens,
@@ -192,13 +151,15 @@ def run(overrides: dict) -> dict:
         "seconds_generate": median("time/generate"),
         "seconds_reward": median("time/reward"),
         "seconds_logprob": median("time/logprob"),
-        "seconds_update": update_seconds,
+        "seconds_update": median("time/update"),
         "completion_tokens_per_second": median("tokens_per_second"),
         "peak_rss_gb": peak,
         "peak_gpu_gb": peak_gpu,
-        "update_flops_per_second": update_flops / max(update_seconds, 1e-9),
-        "matmul_peak_flops_per_second": peak_flops,
-        "update_fraction_of_matmul_peak": update_flops / max(update_seconds, 1e-9) / peak_flops,
+        "generate_fraction_of_roofline": median("utilisation/generate"),
+        "logprob_fraction_of_matmul_peak": median("utilisation/logprob"),
+        "update_fraction_of_matmul_peak": median("utilisation/update"),
+        "matmul_peak_flops_per_second": machine.matmul_peak,
+        "memory_bandwidth_bytes_per_second": machine.bandwidth,
     }
 
 

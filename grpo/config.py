@@ -102,6 +102,10 @@ class GRPOConfig(RunConfig):
     log_completions_every: int = option(0, "every N steps write completions/step-N.jsonl (prompt, completion, reward "
                                            "terms, total, advantage, length, truncated), print a few as a table and "
                                            "send them to TensorBoard as text; 0 = off")
+    log_utilisation_every: int = option(10, "every N steps (and at the first) print each phase's time against the "
+                                            "machine's limit: generation against its roofline, the log-prob passes "
+                                            "and the update against the matmul peak (MFU); the metrics carry "
+                                            "utilisation/<phase> every step; 0 = neither measured nor logged")
 
     def validate(self) -> None:
         super().validate()
@@ -141,6 +145,7 @@ class GRPOConfig(RunConfig):
         check(self.max_extra_sampling_rounds >= 0, "max_extra_sampling_rounds", "be >= 0",
               self.max_extra_sampling_rounds)
         check(self.log_completions_every >= 0, "log_completions_every", "be >= 0", self.log_completions_every)
+        check(self.log_utilisation_every >= 0, "log_utilisation_every", "be >= 0", self.log_utilisation_every)
         check(self.sampler_correction_cap >= 1, "sampler_correction_cap", "be >= 1 (a cap below 1 would shrink "
               "tokens the two policies agree on)", self.sampler_correction_cap)
         check(self.mu >= 1, "mu", "be >= 1", self.mu)

@@ -61,6 +61,7 @@ from grpo.run.training_run import (
     warmup_cosine,
     write_eval_rows,
 )
+from grpo.run.utilisation import Machine, ModelCost, Roofline
 from grpo.static_rollout import make_rollout_sampler
 
 
@@ -147,6 +148,11 @@ def sample_and_score(run: GRPORun, timer: PhaseTimer) -> ScoredBatch:
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
             generator=run.generator, ignore_eos=cfg.ignore_eos)
         completions = decode_completions(run.tokenizer, rollout)
+    if run.roofline is not None:
+        prompt_tokens = int(rollout.prompt_mask[:: cfg.group_size].sum())  # each distinct prompt is prefilled once
+        rows, completion_length = rollout.completion_ids.shape
+        timer.note_floor("generate", run.roofline.rollout_floor(prompt_tokens, rollout.prompt_ids.shape[1], rows,
+                                                                 completion_length))
 
     # 3. Rewards; a sample whose reward fails is marked NaN, too many stop the run.
     with timer("reward"):
@@ -352,6 +358,14 @@ def step_metrics(run: GRPORun, scored: ScoredBatch, advantages: torch.Tensor, ze
     cfg, rollout = run.cfg, scored.rollout
     lengths = rollout.completion_lengths
     all_rewards = dist.all_gather_rows(scored.rewards).numpy()
+    # tokens one policy forward pass reads: each group's prompt once (shared pass) or G times
+    pass_tokens = float(rollout.prompt_mask.sum()) / (cfg.group_size if cfg.share_prompt_pass else 1)
+    if run.roofline is not None:
+        tokens = pass_tokens + float(lengths.sum())
+        no_grad_passes = (run.reference is not None) + (not (cfg.mu == 1 and cfg.minibatches == 1))  # sampling_logprobs
+        pass_floor, machine = run.roofline.cost.pass_floor, run.roofline.machine
+        timer.note_floor("logprob", no_grad_passes * pass_floor(machine, tokens))
+        timer.note_floor("update", cfg.mu * pass_floor(machine, tokens, backward=True, lora=bool(cfg.lora_r)))
     return {
         **summarise_rewards(all_rewards, scored.components),
         "advantages/mean": float(advantages.mean()),
@@ -379,9 +393,9 @@ def step_metrics(run: GRPORun, scored: ScoredBatch, advantages: torch.Tensor, ze
         "lr": run.scheduler.get_last_lr()[0],
         "epoch": run.example_sampler.epochs_done,
         **timer.seconds(),
+        **timer.utilisation(),
         "tokens_per_second": float(lengths.sum()) * run.place.world_size / max(timer.total(), 1e-9),
-        # tokens one policy forward pass reads: each group's prompt once (shared pass) or G times
-        "tokens/prompt": float(rollout.prompt_mask.sum()) / (cfg.group_size if cfg.share_prompt_pass else 1),
+        "tokens/prompt": pass_tokens,
         "tokens/completion": float(lengths.sum()),
         **sampling_stats,
     }
@@ -477,6 +491,7 @@ class GRPORun:
     checkpoints: Checkpointer
     logger: MetricsLogger
     start_step: int                     # 0, or the step of the checkpoint resumed from
+    roofline: Roofline | None           # this machine's limits and the model's counts (log_utilisation_every)
 
     @property
     def cfg(self) -> GRPOConfig:
@@ -493,6 +508,7 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
     place = start_run(cfg)
     cfg = place.cfg
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
+    roofline = measure_roofline(model, cfg) if cfg.log_utilisation_every else None  # before any sharding
     seed_each_rank(cfg, place.rank)
     reference = Reference(model, shard=cfg.fsdp) if cfg.beta > 0 else None
     if cfg.gradient_checkpointing:
@@ -508,7 +524,7 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
     optimizer = make_optimizer(model, cfg)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps * cfg.mu * cfg.minibatches,
                               cfg.min_lr_ratio)
-    # On the model's device: torch.multinomial on a GPU needs a GPU generator.
+    # On the model's device: the draws on a GPU need a GPU generator.
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + place.rank)
     example_sampler = ExampleSampler(len(train_examples), cfg.seed)
     checkpoints = Checkpointer(place, model, tokenizer, optimizer, scheduler, example_sampler, generator,
@@ -525,7 +541,20 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
         optimizer=optimizer, scheduler=scheduler, example_sampler=example_sampler, generator=generator,
         # Under bf16 autocast the static samplers decode with bf16 copies of the weights, cast once per rollout.
         rollout_sampler=make_rollout_sampler(cfg.generation, torch.bfloat16 if cfg.mixed_precision == "bf16" else None),
-        guard=NonFiniteGuard(cfg.max_skipped_steps), checkpoints=checkpoints, logger=logger, start_step=start_step)
+        guard=NonFiniteGuard(cfg.max_skipped_steps), checkpoints=checkpoints, logger=logger, start_step=start_step,
+        roofline=roofline)
+
+
+def measure_roofline(model, cfg: GRPOConfig) -> Roofline:
+    """This machine's bandwidth and matmul peak in the dtype the matmuls run in, and the model's counts.
+
+    Under bf16 autocast the KV cache holds bf16, and the static samplers decode with bf16 copies of the weights
+    (`set_up`), while the eager one reads the stored weights and casts them at each matmul.
+    """
+    bf16 = cfg.mixed_precision == "bf16" or cfg.dtype == "bfloat16"
+    copies = cfg.mixed_precision == "bf16" and cfg.generation != "eager"
+    return Roofline(Machine.measure(cfg.device, torch.bfloat16 if bf16 else torch.float32),
+                    ModelCost.of(model, weight_bytes_each=2 if copies else None, cache_bytes_each=2 if bf16 else None))
 
 
 @run_folder.holds_run_dir
@@ -588,9 +617,11 @@ def train(cfg: GRPOConfig, reward_fn: Callable) -> Path:
                 raise
             run.guard.note_step(step, update.skipped, len(update.loss))
 
-        # 7. Metrics (the total reward over the global batch, its terms over this rank's), and the sampled
-        #    completions now and then.
+        # 7. Metrics (the total reward over the global batch, its terms over this rank's), and now and then
+        #    the utilisation line and the sampled completions.
         logger.log(step, step_metrics(run, scored, advantages, zero_std, update, sampling_stats, timer))
+        if run.roofline is not None and (step == run.start_step + 1 or step % cfg.log_utilisation_every == 0):
+            logger.message(run.roofline.line(step, timer.utilisation()))
         if cfg.log_completions_every and step % cfg.log_completions_every == 0:
             rows = dist.gather_lists(completion_rows(scored, advantages, cfg.group_size, step))
             log_completions(logger, rows, cfg.group_size, step)

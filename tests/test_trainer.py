@@ -77,6 +77,18 @@ def test_every_metric_is_logged_and_first_step_kl_is_zero(tmp_path, tiny):
     assert (tmp_path / "run" / "eval" / "step-000002.jsonl").exists()
 
 
+def test_every_step_logs_each_phase_against_its_floor_and_prints_the_line(tmp_path, tiny, capsys):
+    _, tokenizer = tiny
+    trainer.train(tiny_config(tmp_path, max_steps=3, log_utilisation_every=2), LowHalfShare(tokenizer))
+    steps = [row for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in row]
+    for row in steps:  # a reference pass and no old log-probs (mu = 1): logprob is one forward pass
+        assert 0 < row["utilisation/generate"] < 1 and 0 < row["utilisation/logprob"] < 1
+        assert 0 < row["utilisation/update"] < 1
+    printed = [line for line in "".join(capsys.readouterr()).split("\n") if "utilisation:" in line]
+    assert [line.split(" utilisation:")[0].split("step ")[-1] for line in printed] == ["1", "2"]
+    assert "of its roofline" in printed[0] and "of the matmul peak (measured: " in printed[0]
+
+
 def test_several_inner_epochs_use_old_logprobs(tmp_path, tiny):
     _, tokenizer = tiny
     trainer.train(tiny_config(tmp_path, max_steps=1, mu=3, minibatches=2, lr=1e-2), LowHalfShare(tokenizer))

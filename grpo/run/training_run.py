@@ -534,10 +534,12 @@ def is_due(step: int, every: int, last_step: int) -> bool:
 # Timing
 # --------------------------------------------------------------------------
 class PhaseTimer:
-    """Wall-clock seconds per phase of a step, logged as time/<phase>."""
+    """Wall-clock seconds per phase of a step, logged as time/<phase>, and, where a phase's floor on this machine
+    is noted (`grpo.run.utilisation`), the share of it the phase achieved, logged as utilisation/<phase>."""
 
     def __init__(self):
         self.elapsed: dict[str, float] = {}
+        self.floors: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, phase: str):
@@ -552,3 +554,12 @@ class PhaseTimer:
 
     def total(self) -> float:
         return sum(self.elapsed.values())
+
+    def note_floor(self, phase: str, seconds: float) -> None:
+        """The seconds `phase` would have taken at the machine's limit (summed over the step)."""
+        self.floors[phase] = self.floors.get(phase, 0.0) + seconds
+
+    def utilisation(self) -> dict[str, float]:
+        """floor / measured seconds of each phase with a floor: 1.0 is the machine's limit."""
+        return {f"utilisation/{phase}": round(floor / max(self.elapsed.get(phase, 0.0), 1e-9), 4)
+                for phase, floor in self.floors.items()}
