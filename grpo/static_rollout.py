@@ -39,16 +39,7 @@ from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
 from grpo.logprobs import position_ids_from_mask
-from grpo.rollout import (
-    Rollout,
-    draw_tokens,
-    encode_prompts,
-    exponential_noise,
-    finish_rollout,
-    sample_groups,
-    sampled_token_logprobs,
-    sampling_probs,
-)
+from grpo.rollout import Rollout, encode_prompts, finish_rollout, next_tokens, sample_groups, exponential_noise
 from grpo.run.errors import ModelError
 
 GENERATION_MODES = ("eager", "static", "compiled")
@@ -67,19 +58,6 @@ def prompt_bucket(length: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
     while bucket < length:
         bucket *= 2
     return bucket
-
-
-def next_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sampled (or, at temperature 0, greedy) token of each row and its log-prob (`sampled_token_logprobs`).
-
-    Shapes: logits [B, V], noise [B, V] -> tokens [B] long, logprobs [B] float32.
-    """
-    if temperature == 0.0:
-        tokens = logits.argmax(dim=-1)
-    else:
-        tokens = draw_tokens(sampling_probs(logits, temperature, top_k, top_p), noise)
-    return tokens, sampled_token_logprobs(logits, tokens, temperature)
 
 
 class GenerationWeights:
@@ -156,7 +134,7 @@ class StaticSampler:
 
         Shapes: tokens [B], positions [B], attention_mask [B, Lb + T] (1 for
         the prompt's real tokens and every slot written so far, this one
-        included), noise [B, V] -> next tokens [B] and their log-probs [B].
+        included), noise [B, V] (`rollout.exponential_noise`) -> next tokens [B] and their log-probs [B].
         """
         logits = model(input_ids=tokens.unsqueeze(1), position_ids=positions.unsqueeze(1),
                        attention_mask=attention_mask, cache=cache, use_cache=True).logits[:, -1]

@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from grpo.rollout import completion_mask_after_eos, filter_logits, sample_groups
+from grpo.rollout import (
+    completion_mask_after_eos,
+    draw_tokens,
+    exponential_noise,
+    filter_logits,
+    nucleus_among_top,
+    nucleus_by_sort,
+    sample_groups,
+)
 
 
 def test_mask_keeps_tokens_up_to_and_including_first_eos():
@@ -25,6 +33,35 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert torch.isfinite(filter_logits(logits, top_p=0.7)).tolist() == [[False, True, False, True]]
     assert torch.isfinite(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, False, False]]
     assert torch.isfinite(filter_logits(logits, top_p=1.0)).all()
+
+
+def test_the_nucleus_among_the_top_tokens_is_the_one_the_full_sort_finds():
+    generator = torch.Generator().manual_seed(0)
+    # SmolLM2's vocabulary. Rows 0-7 peaked (their nucleus lies in the top 256), rows 8-15 nearly flat
+    # (it needs thousands of tokens, and those rows are sorted).
+    logits = torch.randn(16, 49152, generator=generator) * torch.tensor([20.0] * 8 + [0.1] * 8).unsqueeze(1)
+    for top_p in (0.5, 0.9, 0.99):
+        sorted_nucleus = nucleus_by_sort(logits, top_p)
+        kept = torch.isfinite(sorted_nucleus).sum(dim=1)
+        assert kept[:8].max() <= 256 < kept[8:].min()
+        assert torch.equal(nucleus_among_top(logits, top_p, 256), sorted_nucleus)
+        assert torch.equal(filter_logits(logits, top_p=top_p), sorted_nucleus)
+    assert torch.equal(nucleus_among_top(logits[:8], 0.9, 256), nucleus_by_sort(logits[:8], 0.9))  # none sorted
+
+
+def test_the_draw_is_the_largest_weight_over_noise_and_a_zero_weight_never_wins():
+    weights = torch.tensor([[0.0, 0.2, 0.8]]).expand(3, 3)
+    noise = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.1, 1.0], [1e-30, 1.0, 1.0]])  # ratios: .8 last; 2 > .8; 0/1e-30
+    assert draw_tokens(weights, noise).tolist() == [2, 1, 2]
+
+
+def test_draws_follow_the_unnormalised_weights():
+    weights = torch.tensor([[0.0, 1.0, 0.0, 3.0, 4.0]]).expand(20000, 5)  # probabilities 0, 1/8, 0, 3/8, 1/2
+    noise = exponential_noise(20000, 5, "cpu", torch.Generator().manual_seed(0))
+    assert abs(noise.mean().item() - 1) < 0.01 and abs((noise > 1).float().mean().item() - math.exp(-1)) < 0.005
+    frequencies = torch.bincount(draw_tokens(weights, noise), minlength=5) / 20000
+    expected = torch.tensor([0.0, 1 / 8, 0.0, 3 / 8, 1 / 2])
+    assert ((frequencies - expected).abs() <= 4 * (expected * (1 - expected) / 20000).sqrt()).all(), frequencies
 
 
 def _prompts(tokenizer):
