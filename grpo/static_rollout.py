@@ -1,8 +1,9 @@
 """Group sampling with a static KV cache: the Rollout of `rollout.sample_groups`, in shapes that repeat.
 
-The eager sampler grows its key/value cache by concatenation, builds a new
-attention mask every step, and asks the host after every token whether all
-rows are done. On a GPU a decode step of a small model is then the time it
+The eager sampler's key/value cache grows by a position a step (written in
+place, `rollout.GrowingLayer`, but seen by attention at a new length each
+step), it builds a new attention mask every step, and asks the host after
+every token whether all rows are done. On a GPU a decode step of a small model is then the time it
 takes Python to launch a few hundred kernels, not to run them. This sampler
 keeps everything a decode step touches at a fixed shape and address:
 

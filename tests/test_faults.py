@@ -42,7 +42,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import HOLD_LOCK, ROOT, Scores, env, error_line, grpo_args, grpo_main_with, run_cli, state_of
+from conftest import HOLD_LOCK, ROOT, Scores, comparable, env, error_line, grpo_args, grpo_main_with, run_cli, state_of
 from grpo import trainer
 from grpo.cli import main as grpo_main
 from grpo.config import GRPOConfig
@@ -355,9 +355,7 @@ def test_resume_auto_passes_over_a_damaged_checkpoint_and_says_so(finished_run, 
     # Steps 3 and 4 were trained again from step 2: the same weights and metrics as the undamaged run.
     resumed = load_file(out / "final" / "model.safetensors")
     assert all(torch.equal(resumed[key], final_weights[key]) for key in final_weights)
-    timeless = [{k: v for k, v in row.items() if not k.startswith(("time", "tokens_per_second"))}
-                for rows in (metrics, read_metrics(out / "metrics.jsonl")) for row in rows]
-    assert timeless[: len(metrics)] == timeless[len(metrics):]
+    assert comparable(metrics) == comparable(read_metrics(out / "metrics.jsonl"))
 
 
 def test_an_explicitly_named_damaged_checkpoint_is_refused_and_no_intact_one_is_an_error(finished_run, tmp_path,

@@ -64,6 +64,27 @@ def test_draws_follow_the_unnormalised_weights():
     assert ((frequencies - expected).abs() <= 4 * (expected * (1 - expected) / 20000).sqrt()).all(), frequencies
 
 
+def test_the_growing_cache_layer_holds_what_concatenation_would():
+    from transformers.cache_utils import DynamicLayer
+
+    from grpo.rollout import GrowingLayer
+
+    generator = torch.Generator().manual_seed(0)
+    ours, theirs = GrowingLayer(capacity=7), DynamicLayer()
+    prompt = [torch.randn(2, 3, 4, 5, generator=generator) for _ in range(2)]  # [rows, heads, positions, dim]
+    for layer in (ours, theirs):
+        layer.update(*prompt)
+        layer.batch_repeat_interleave(2)
+    for _ in range(3):
+        step = [torch.randn(4, 3, 1, 5, generator=generator) for _ in range(2)]
+        keys, values = ours.update(*step)
+        expected_keys, expected_values = theirs.update(*step)
+        assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+    assert ours.get_seq_length() == 7
+    with pytest.raises(ValueError, match="holds 7 positions; position 8"):
+        ours.update(*step)
+
+
 def _prompts(tokenizer):
     return [tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                           add_generation_prompt=True)
