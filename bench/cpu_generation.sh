@@ -13,6 +13,10 @@
 #   gen_bf16_static_on/off      the static sampler alone under bf16, 10 rollouts each, with and without them
 #   gen_fp32_p64    eager vs static with prompts of 64 tokens, which fill their bucket exactly (no padding)
 #   gemma_pass_gc_off, gemma_pass_gc_on   one Gemma-3-270M update pass alone (bench.logprob_memory), without and with it
+#   gen_roofline    eager and static samplers against their roofline, with --profile (where a rollout's time goes)
+#   gen_top_p       the eager sampler at the MT preset's sampling (temperature 0.5, top-p 0.9)
+#   step_correction_none/token/sequence   bench.grpo_step with each sampler_correction: the cost of the correction
+#   step_bf16_static    bench.grpo_step, bf16 autocast with the static sampler's bf16 weight copies: sampler/kl
 #
 #   bash bench/cpu_generation.sh OUT_DIR [PART ...]
 #
@@ -67,3 +71,9 @@ part gen_bf16_static_off "$py" -m bench.generation mixed_precision=bf16 --modes 
 part gen_fp32_p64 "$py" -m bench.generation prompt_tokens=64 --modes eager,static --out "$out/gen_fp32_p64.json"
 part gemma_pass_gc_off "$py" -m bench.logprob_memory --variant chunked
 part gemma_pass_gc_on "$py" -m bench.logprob_memory --variant chunked --gradient-checkpointing
+part gen_roofline "$py" -m bench.generation --modes eager,static --profile --out "$out/gen_roofline.json"
+part gen_top_p "$py" -m bench.generation --modes eager temperature=0.5 top_p=0.9 --out "$out/gen_top_p.json"
+part step_correction_none "$py" -m bench.grpo_step sampler_correction=none
+part step_correction_token "$py" -m bench.grpo_step sampler_correction=token
+part step_correction_sequence "$py" -m bench.grpo_step sampler_correction=sequence
+part step_bf16_static "$py" -m bench.grpo_step mixed_precision=bf16 generation=static

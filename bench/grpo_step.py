@@ -155,6 +155,8 @@ def run(overrides: dict) -> dict:
         "completion_tokens_per_second": median("tokens_per_second"),
         "peak_rss_gb": peak,
         "peak_gpu_gb": peak_gpu,
+        "sampler_kl": median("sampler/kl"),             # the sampler's policy against the trainer's, per token
+        "sampler_ratio_mean": median("sampler/ratio_mean"),
         "generate_fraction_of_roofline": median("utilisation/generate"),
         "logprob_fraction_of_matmul_peak": median("utilisation/logprob"),
         "update_fraction_of_matmul_peak": median("utilisation/update"),
