@@ -32,7 +32,7 @@ by operator into the body's matmuls, the LM head (matmuls with a
 vocabulary-sized operand), attention, the KV cache's writes (the eager
 cache's concatenation, the static cache's index_copy), sampling (every other operator on
 [rows, vocabulary] tensors: softmax, sort, cumsum, the noise, the draw),
-other operators (norms, rotary, cache writes) and the rest, which is
+other operators (norms, rotary, residual adds) and the rest, which is
 Python and dispatch. A compiled graph's fused kernels count as "other".
 """
 
@@ -46,19 +46,15 @@ import time
 import torch
 
 from bench.grpo_step import BENCH_DEFAULTS, cut_prompts, peak_gpu_gb, peak_rss_gb, run_in_fresh_process
-from grpo.run.utilisation import Machine, ModelCost, Roofline
+from grpo.run.utilisation import Roofline, synchronize
 
 MODES = ("eager", "static", "compiled")
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
 PARTS = ("body matmuls", "LM head", "attention", "KV cache", "sampling", "other operators", "Python and dispatch")
-CACHE_WRITES = ("aten::cat", "aten::index_copy_", "aten::index_copy")  # a growing cache's concatenation, a static one's write
+# A concatenating cache's copy (transformers' DynamicLayer), a static one's write.
+CACHE_WRITES = ("aten::cat", "aten::index_copy_", "aten::index_copy")
 
 
 def operator_part(name: str, shapes: list, vocab: int) -> str:
@@ -129,12 +125,10 @@ def time_rollouts(mode: str, overrides: dict, rollouts: int, warmup: int, genera
     seconds = statistics.median(durations[warmup:])
 
     # The roofline of this rollout's shape, on this machine now (a floor no sampler can beat).
-    bf16 = cfg.mixed_precision == "bf16" or cfg.dtype == "bfloat16"
-    machine = Machine.measure(cfg.device, torch.bfloat16 if bf16 else torch.float32)
-    cost = ModelCost.of(model, weight_bytes_each=2 if bf16_weights and mode != "eager" else None,
-                        cache_bytes_each=2 if cfg.mixed_precision == "bf16" else None)
+    roofline = Roofline.measure(model, cfg, bf16_weight_copies=bf16_weights and mode != "eager")
+    machine, cost = roofline.machine, roofline.cost
     prompt_mask = rollout.prompt_mask[:: cfg.group_size]
-    floor = Roofline(machine, cost).rollout_floor(int(prompt_mask.sum()), prompt_mask.shape[1],
+    floor = roofline.rollout_floor(int(prompt_mask.sum()), prompt_mask.shape[1],
                                                   rollout.completion_ids.shape[0], cfg.max_new_tokens)
     vocab = model.get_output_embeddings().weight.shape[0]
     profiled = profile_rollout(sample, vocab) if with_profile else {}

@@ -113,7 +113,7 @@ def run(overrides: dict) -> dict:
     from grpo.run.config import load_config
     from grpo.run.errors import ConfigError
     from grpo.run.metrics import read_metrics
-    from grpo.run.utilisation import Machine
+    from grpo.run.utilisation import Machine, matmul_dtype
 
     steps, warmup = overrides.pop("steps", 5), overrides.pop("warmup", 1)
     prompt_tokens = overrides.pop("prompt_tokens", 0)
@@ -134,9 +134,8 @@ def run(overrides: dict) -> dict:
         return statistics.median(r.get(key, 0.0) for r in rows)
 
     # The trainer's utilisation/<phase> (grpo.run.utilisation): the floors against this machine's limits, which it
-    # measures at the start in the dtype the matmuls run in (bf16 under autocast); measured again here for the record.
-    bf16 = cfg.mixed_precision == "bf16" or cfg.dtype == "bfloat16"
-    machine = Machine.measure(cfg.device, torch.bfloat16 if bf16 else torch.float32)
+    # measured at the start in the dtype the matmuls run in; Machine.measure returns that measurement (one a process).
+    machine = Machine.measure(cfg.device, matmul_dtype(cfg))
     return {
         "implementation": "ours",
         "model": cfg.model, "P": cfg.prompts_per_step, "G": cfg.group_size, "T": cfg.max_new_tokens,

@@ -43,14 +43,13 @@ class Rollout:
 NUCLEUS_PREFILTER = 256
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
-                  prefilter: int = NUCLEUS_PREFILTER) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Set to -inf every logit outside the top-k and outside the top-p nucleus.
 
     top-k keeps the k largest logits (0 = off). top-p keeps the smallest set of
     most likely tokens whose probability mass reaches top_p (1.0 = off); the
     most likely token is always kept. Log-probabilities give the same result
-    as the logits they come from. `prefilter`: see `nucleus_among_top` (0 = sort).
+    as the logits they come from.
 
     Shapes: [B, V] -> [B, V].
     """
@@ -60,8 +59,8 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
     if top_p < 1.0:
         # Only on a CPU and outside a compiled graph: the per-row branch would break a graph, and on a GPU,
         # where a sort is cheap, it would make the host wait for the device.
-        if 0 < prefilter < logits.shape[-1] and logits.device.type == "cpu" and not torch.compiler.is_compiling():
-            return nucleus_among_top(logits, top_p, prefilter)
+        if NUCLEUS_PREFILTER < logits.shape[-1] and logits.device.type == "cpu" and not torch.compiler.is_compiling():
+            return nucleus_among_top(logits, top_p, NUCLEUS_PREFILTER)
         logits = nucleus_by_sort(logits, top_p)
     return logits
 

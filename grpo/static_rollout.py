@@ -40,7 +40,7 @@ from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
 from grpo.logprobs import position_ids_from_mask
-from grpo.rollout import Rollout, encode_prompts, finish_rollout, next_tokens, sample_groups, exponential_noise
+from grpo.rollout import Rollout, encode_prompts, exponential_noise, finish_rollout, next_tokens, sample_groups
 from grpo.run.errors import ModelError
 
 GENERATION_MODES = ("eager", "static", "compiled")

@@ -61,7 +61,7 @@ from grpo.run.training_run import (
     warmup_cosine,
     write_eval_rows,
 )
-from grpo.run.utilisation import Machine, ModelCost, Roofline
+from grpo.run.utilisation import Roofline
 from grpo.static_rollout import make_rollout_sampler
 
 
@@ -508,7 +508,9 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
     place = start_run(cfg)
     cfg = place.cfg
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
-    roofline = measure_roofline(model, cfg) if cfg.log_utilisation_every else None  # before any sharding
+    # The static samplers decode with bf16 copies of the weights under bf16 autocast (see rollout_sampler below).
+    bf16_copies = cfg.mixed_precision == "bf16" and cfg.generation != "eager"
+    roofline = Roofline.measure(model, cfg, bf16_copies) if cfg.log_utilisation_every else None  # before sharding
     seed_each_rank(cfg, place.rank)
     reference = Reference(model, shard=cfg.fsdp) if cfg.beta > 0 else None
     if cfg.gradient_checkpointing:
@@ -543,18 +545,6 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
         rollout_sampler=make_rollout_sampler(cfg.generation, torch.bfloat16 if cfg.mixed_precision == "bf16" else None),
         guard=NonFiniteGuard(cfg.max_skipped_steps), checkpoints=checkpoints, logger=logger, start_step=start_step,
         roofline=roofline)
-
-
-def measure_roofline(model, cfg: GRPOConfig) -> Roofline:
-    """This machine's bandwidth and matmul peak in the dtype the matmuls run in, and the model's counts.
-
-    Under bf16 autocast the KV cache holds bf16, and the static samplers decode with bf16 copies of the weights
-    (`set_up`), while the eager one reads the stored weights and casts them at each matmul.
-    """
-    bf16 = cfg.mixed_precision == "bf16" or cfg.dtype == "bfloat16"
-    copies = cfg.mixed_precision == "bf16" and cfg.generation != "eager"
-    return Roofline(Machine.measure(cfg.device, torch.bfloat16 if bf16 else torch.float32),
-                    ModelCost.of(model, weight_bytes_each=2 if copies else None, cache_bytes_each=2 if bf16 else None))
 
 
 @run_folder.holds_run_dir

@@ -12,7 +12,7 @@ utilisation is floor / measured seconds (1.0 = at the limit).
   forward pass, 6 for forward and backward (4 with LoRA, whose frozen
   weights get no weight gradient), against the matmul peak: the MFU.
 
-Bandwidth and peak are measured in the same process (`measure_machine`), not
+Bandwidth and peak are measured in the same process (`Machine.measure`), not
 taken from a data sheet: 2 threads of a shared CPU are not the chip's spec.
 """
 
@@ -66,6 +66,11 @@ def memory_bandwidth(device: str = "cpu", megabytes: int = 256, repeats: int = 5
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return data.numel() * 4 / best
+
+
+def matmul_dtype(cfg) -> torch.dtype:
+    """The dtype a run's matmuls run in: bf16 under bf16 autocast or with bf16 weights, else float32."""
+    return torch.bfloat16 if cfg.mixed_precision == "bf16" or cfg.dtype == "bfloat16" else torch.float32
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,20 @@ class Roofline:
         which the prefill's logits give (so one fewer than the completion's length)."""
         return self.cost.generation_floor(self.machine, prompt_tokens, prompt_length, rows,
                                           max(completion_length - 1, 0))
+
+    @classmethod
+    def measure(cls, model: nn.Module, cfg, bf16_weight_copies: bool) -> Roofline:
+        """This machine's limits in the dtype `cfg`'s matmuls run in, and `model`'s counts (before any sharding).
+
+        Under bf16 the KV cache holds bf16; the weights a decode step reads
+        are bf16 where the sampler decodes with bf16 copies of them (the
+        static samplers under bf16 autocast), else the stored ones, which
+        autocast casts at each matmul.
+        """
+        bf16 = matmul_dtype(cfg) == torch.bfloat16
+        return cls(Machine.measure(cfg.device, matmul_dtype(cfg)),
+                   ModelCost.of(model, weight_bytes_each=2 if bf16_weight_copies else None,
+                                cache_bytes_each=2 if bf16 else None))
 
     def line(self, step: int, utilisation: dict[str, float]) -> str:
         """One line, as nanoGPT prints MFU: each phase's share of its floor."""
