@@ -50,6 +50,7 @@ from grpo.run.training_run import (
     Checkpointer,
     ExampleSampler,
     PromptRoom,
+    autocast,
     begin_logging,
     clip_and_step,
     data_digests,
@@ -190,13 +191,16 @@ def micro_batches(examples: list[TokenizedExample], size: int) -> list[list[Toke
 # --------------------------------------------------------------------------
 # The loss
 # --------------------------------------------------------------------------
-def completion_token_logprobs(model, batch: SFTBatch, chunk_tokens: int) -> torch.Tensor:
+def completion_token_logprobs(model, batch: SFTBatch, cfg: SFTConfig) -> torch.Tensor:
     """log pi(y[b, t] | x_b, y[b, <t]) for every completion token, [B, Lc] float32 (0 off the mask).
 
-    Temperature 1: the model's own distribution, not a sampling one.
+    Temperature 1: the model's own distribution, not a sampling one. Under
+    mixed_precision = "bf16" the forward runs under bfloat16 autocast, as GRPO's does.
     """
-    return completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                               batch.completion_mask, temperature=1.0, chunk_tokens=chunk_tokens).logprobs
+    with autocast(cfg):
+        return completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                   batch.completion_mask, temperature=1.0,
+                                   chunk_tokens=cfg.logprob_chunk_tokens).logprobs
 
 
 def sft_loss(logprobs: torch.Tensor, completion_mask: torch.Tensor, total_tokens: float) -> torch.Tensor:
@@ -223,7 +227,7 @@ def accumulate_gradients(model, batch: list[TokenizedExample], cfg: SFTConfig, p
     loss_value = 0.0
     for micro in micro_batches(batch, cfg.micro_batch_size):
         tensors = collate(micro, pad_id, cfg.device)
-        loss = sft_loss(completion_token_logprobs(model, tensors, cfg.logprob_chunk_tokens),
+        loss = sft_loss(completion_token_logprobs(model, tensors, cfg),
                         tensors.completion_mask, total_tokens)
         loss.backward()
         loss_value += loss.item()
@@ -244,7 +248,7 @@ def dev_loss(model, dev: list[TokenizedExample], cfg: SFTConfig, pad_id: int) ->
     for start in range(0, len(order), chunk):
         rows = order[start : start + chunk]
         tensors = collate([dev[i] for i in rows], pad_id, cfg.device)
-        logprobs = completion_token_logprobs(model, tensors, cfg.logprob_chunk_tokens)
+        logprobs = completion_token_logprobs(model, tensors, cfg)
         nll[rows] = (-(logprobs * tensors.completion_mask).sum(dim=1)).cpu().numpy()
     return nll
 

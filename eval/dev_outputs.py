@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from eval.hacking import hacking_warning, length_ratios, output_statistics
-from grpo.rollout import greedy_completions
+from grpo.rollout import EVAL_BATCH_SIZE, greedy_completions
 from grpo.run import distributed as dist
 from grpo.run.metrics import MetricsLogger
 from grpo.run.training_run import autocast
@@ -29,7 +29,7 @@ class DevOutputs:
 
 
 def generate_dev_outputs(run_cfg, model, tokenizer, examples: list[dict], logger: MetricsLogger, step: int,
-                         batch_size: int = 16) -> DevOutputs | None:
+                         batch_size: int = EVAL_BATCH_SIZE) -> DevOutputs | None:
     """Greedy outputs for the dev examples, their hacking statistics, and a one-line warning for a hedge.
 
     Every rank takes part in the generation (a sharded model's forward is a

@@ -335,7 +335,12 @@ def decode_completions(tokenizer, rollout: Rollout) -> list[str]:
     return tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
 
 
-def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+# Rows per evaluation batch: on 2 CPU cores 64 rows decode 500 dev sentences 1.5x faster than 16 (the
+# matmuls run nearer their peak), and on a GPU 64 rows of a 4B model's KV cache are small.
+EVAL_BATCH_SIZE = 64
+
+
+def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = EVAL_BATCH_SIZE,
                        progress: bool = False, desc: str = "generate") -> list[str]:
     """The model's greedy completion of each prompt, decoded, in batches (evaluation)."""
     from tqdm.auto import tqdm

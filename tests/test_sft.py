@@ -122,9 +122,28 @@ def test_sft_loss_scores_only_completion_tokens(tiny):
 
     batch = collate([tokenize_example(tokenizer, e, 64) for e in examples], tokenizer.pad_token_id)
     with torch.no_grad():
-        logprobs = completion_token_logprobs(model, batch, chunk_tokens=7)
+        logprobs = completion_token_logprobs(model, batch, load_config(SFTConfig, overrides={"logprob_chunk_tokens": 7}))
     loss = sft_loss(logprobs, batch.completion_mask, batch.completion_mask.sum().item())
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_mixed_precision_bf16_runs_the_sft_forward_under_autocast(tiny):
+    # The key is shared with GRPO (RunConfig); SFT must honour it, not ignore it.
+    model, tokenizer = tiny
+    batch = collate([tokenize_example(tokenizer, e, 64) for e in examples_of(tokenizer)[:2]], tokenizer.pad_token_id)
+    seen = []
+    hook = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    try:
+        with torch.no_grad():
+            full = completion_token_logprobs(model, batch, load_config(SFTConfig))
+            mixed = completion_token_logprobs(model, batch, load_config(SFTConfig, overrides={"mixed_precision": "bf16"}))
+    finally:
+        hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    # Log-probs stay float32 and close to the fp32 pass: bf16 rounds activations, it does not change the model.
+    assert mixed.dtype == torch.float32 and not torch.equal(mixed, full)
+    mask = batch.completion_mask.bool()
+    assert torch.allclose(mixed[mask], full[mask], atol=0.1)
 
 
 def test_gradient_accumulation_equals_one_big_batch(fresh_tiny):
