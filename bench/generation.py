@@ -128,8 +128,8 @@ def time_rollouts(mode: str, overrides: dict, rollouts: int, warmup: int, genera
     roofline = Roofline.measure(model, cfg, bf16_weight_copies=bf16_weights and mode != "eager")
     machine, cost = roofline.machine, roofline.cost
     prompt_mask = rollout.prompt_mask[:: cfg.group_size]
-    floor = roofline.rollout_floor(int(prompt_mask.sum()), prompt_mask.shape[1],
-                                                  rollout.completion_ids.shape[0], cfg.max_new_tokens)
+    floor = roofline.rollout_floor(int(prompt_mask.sum()), prompt_mask.shape[1], rollout.completion_ids.shape[0],
+                                   cfg.max_new_tokens)
     vocab = model.get_output_embeddings().weight.shape[0]
     profiled = profile_rollout(sample, vocab) if with_profile else {}
     completion_tokens = rollout.completion_ids.numel()

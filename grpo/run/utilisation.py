@@ -170,10 +170,10 @@ class Roofline:
         static samplers under bf16 autocast), else the stored ones, which
         autocast casts at each matmul.
         """
-        bf16 = matmul_dtype(cfg) == torch.bfloat16
-        return cls(Machine.measure(cfg.device, matmul_dtype(cfg)),
+        dtype = matmul_dtype(cfg)
+        return cls(Machine.measure(cfg.device, dtype),
                    ModelCost.of(model, weight_bytes_each=2 if bf16_weight_copies else None,
-                                cache_bytes_each=2 if bf16 else None))
+                                cache_bytes_each=2 if dtype == torch.bfloat16 else None))
 
     def line(self, step: int, utilisation: dict[str, float]) -> str:
         """One line, as nanoGPT prints MFU: each phase's share of its floor."""
