@@ -92,7 +92,7 @@ def time_rollouts(mode: str, overrides: dict, rollouts: int, warmup: int, genera
     from grpo.run.config import load_config
     from grpo.run.models import load_model
     from grpo.run.training_run import autocast, load_task_examples
-    from grpo.static_rollout import make_rollout_sampler
+    from grpo.static_rollout import generation_weights_dtype, make_rollout_sampler
 
     overrides = dict(overrides)
     prompt_tokens = int(overrides.pop("prompt_tokens", 0))
@@ -106,8 +106,8 @@ def time_rollouts(mode: str, overrides: dict, rollouts: int, warmup: int, genera
     if prompt_tokens:
         examples = cut_prompts(examples, tokenizer, prompt_tokens)
     prompts = [examples[i % len(examples)]["prompt"] for i in range(cfg.prompts_per_step)]
-    bf16_weights = cfg.mixed_precision == "bf16" and generation_weights
-    sampler = make_rollout_sampler(mode, torch.bfloat16 if bf16_weights else None)
+    weights_dtype = generation_weights_dtype(mode, cfg.mixed_precision) if generation_weights else None
+    sampler = make_rollout_sampler(mode, weights_dtype)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
 
     def sample():
@@ -125,7 +125,7 @@ def time_rollouts(mode: str, overrides: dict, rollouts: int, warmup: int, genera
     seconds = statistics.median(durations[warmup:])
 
     # The roofline of this rollout's shape, on this machine now (a floor no sampler can beat).
-    roofline = Roofline.measure(model, cfg, bf16_weight_copies=bf16_weights and mode != "eager")
+    roofline = Roofline.measure(model, cfg, bf16_weight_copies=weights_dtype is not None)
     machine, cost = roofline.machine, roofline.cost
     prompt_mask = rollout.prompt_mask[:: cfg.group_size]
     floor = roofline.rollout_floor(int(prompt_mask.sum()), prompt_mask.shape[1], rollout.completion_ids.shape[0],
@@ -136,7 +136,7 @@ def time_rollouts(mode: str, overrides: dict, rollouts: int, warmup: int, genera
     if cfg.mixed_precision != "bf16":
         weights = f"{cfg.dtype} as stored"
     else:
-        weights = "bf16 copies" if bf16_weights and mode != "eager" else "cast to bf16 at each matmul"
+        weights = "bf16 copies" if weights_dtype is not None else "cast to bf16 at each matmul"
     return {
         "mode": mode, "model": cfg.model, "device": cfg.device, "P": cfg.prompts_per_step, "G": cfg.group_size,
         "T": cfg.max_new_tokens, "dtype": cfg.dtype, "mixed_precision": cfg.mixed_precision, "lora_r": cfg.lora_r,

@@ -244,13 +244,23 @@ class StaticSampler:
                               eos_token_ids, pad_id, group_size, ignore_eos)
 
 
+def generation_weights_dtype(generation: str, mixed_precision: str) -> torch.dtype | None:
+    """The dtype of the weight copies a `generation` mode decodes with, or None for the stored weights.
+
+    Only the static samplers under mixed_precision = "bf16" decode with
+    copies (bfloat16, cast once per rollout); the eager sampler, and every
+    sampler without autocast, use the weights as stored.
+    """
+    return torch.bfloat16 if mixed_precision == "bf16" and generation != "eager" else None
+
+
 def make_rollout_sampler(generation: str, weights_dtype: torch.dtype | None = None):
     """The rollout function of a `generation` mode; each takes the arguments of `rollout.sample_groups`.
 
     eager: `rollout.sample_groups`; static: a StaticSampler; compiled: a
     StaticSampler whose decode step is compiled. `weights_dtype`
-    (bfloat16 under mixed_precision = "bf16") gives the static samplers
-    their generation weights; the eager one casts at each matmul as before.
+    (`generation_weights_dtype`) gives the static samplers their generation
+    weights; the eager one casts at each matmul as before.
     """
     if generation not in GENERATION_MODES:
         raise ValueError(f"generation must be one of {GENERATION_MODES}, got {generation!r}")

@@ -62,7 +62,7 @@ from grpo.run.training_run import (
     write_eval_rows,
 )
 from grpo.run.utilisation import Roofline
-from grpo.static_rollout import make_rollout_sampler
+from grpo.static_rollout import generation_weights_dtype, make_rollout_sampler
 
 
 # --------------------------------------------------------------------------
@@ -508,9 +508,10 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
     place = start_run(cfg)
     cfg = place.cfg
     model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device, lora=cfg.lora)
-    # The static samplers decode with bf16 copies of the weights under bf16 autocast (see rollout_sampler below).
-    bf16_copies = cfg.mixed_precision == "bf16" and cfg.generation != "eager"
-    roofline = Roofline.measure(model, cfg, bf16_copies) if cfg.log_utilisation_every else None  # before sharding
+    # Under bf16 autocast the static samplers decode with bf16 copies of the weights, cast once per rollout.
+    weights_dtype = generation_weights_dtype(cfg.generation, cfg.mixed_precision)
+    # Measured before sharding, on the whole model.
+    roofline = Roofline.measure(model, cfg, weights_dtype is not None) if cfg.log_utilisation_every else None
     seed_each_rank(cfg, place.rank)
     reference = Reference(model, shard=cfg.fsdp) if cfg.beta > 0 else None
     if cfg.gradient_checkpointing:
@@ -541,8 +542,7 @@ def set_up(cfg: GRPOConfig, reward_fn: Callable) -> GRPORun:
         place=place, model=model, tokenizer=tokenizer, reference=reference, reward_fn=reward_fn,
         term_weights=reward_term_weights(reward_fn, cfg), train_examples=train_examples, dev_examples=dev_examples,
         optimizer=optimizer, scheduler=scheduler, example_sampler=example_sampler, generator=generator,
-        # Under bf16 autocast the static samplers decode with bf16 copies of the weights, cast once per rollout.
-        rollout_sampler=make_rollout_sampler(cfg.generation, torch.bfloat16 if cfg.mixed_precision == "bf16" else None),
+        rollout_sampler=make_rollout_sampler(cfg.generation, weights_dtype),
         guard=NonFiniteGuard(cfg.max_skipped_steps), checkpoints=checkpoints, logger=logger, start_step=start_step,
         roofline=roofline)
 

@@ -9,7 +9,13 @@ import grpo.rollout as rollout_module
 import grpo.static_rollout as static_module
 from grpo.rollout import sample_groups
 from grpo.run.errors import ModelError
-from grpo.static_rollout import GenerationWeights, StaticSampler, make_rollout_sampler, prompt_bucket
+from grpo.static_rollout import (
+    GenerationWeights,
+    StaticSampler,
+    generation_weights_dtype,
+    make_rollout_sampler,
+    prompt_bucket,
+)
 
 TEXTS = ("Translate: hello", "A much longer prompt, so the batch needs left padding here.", "x")
 
@@ -162,6 +168,13 @@ def test_make_rollout_sampler_maps_each_generation_mode():
     static, compiled = make_rollout_sampler("static"), make_rollout_sampler("compiled", torch.bfloat16)
     assert isinstance(static, StaticSampler) and not static.compile and static.weights is None
     assert isinstance(compiled, StaticSampler) and compiled.compile and compiled.weights.dtype == torch.bfloat16
+
+
+def test_only_the_static_samplers_under_bf16_autocast_decode_with_weight_copies():
+    assert generation_weights_dtype("static", "bf16") == torch.bfloat16
+    assert generation_weights_dtype("compiled", "bf16") == torch.bfloat16
+    assert generation_weights_dtype("eager", "bf16") is None
+    assert generation_weights_dtype("static", "no") is None
 
 
 def test_sliding_window_models_are_refused_with_a_clear_error(tiny):
