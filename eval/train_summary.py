@@ -1,6 +1,7 @@
 """The table `make train-mt` ends with: did GRPO teach translation, or a way to collect the reward?
 
     python -m eval.train_summary --cold-start runs/cold-start-mt --grpo runs/grpo-mt [--dev-limit 0]
+    python -m eval.train_summary --grpo runs/grpo-mt runs/grpo-mt-s1 runs/grpo-mt-s2   # seeds of one preset
 
 Scores, on the same dev items (all 500 by default: on 200 the paired
 intervals of chrF were about +-0.012, wider than what a CPU run gains), the
@@ -17,8 +18,13 @@ output's share and the length ratio (`eval.hacking`). Below the table, the
 GRPO - cold start differences in per-item chrF, similarity and reward with
 paired bootstrap 95% intervals over the dev items.
 
-Writes <grpo>/summary/{summary.json, summary.md, outputs.jsonl} and prints
-the table and five examples.
+Several GRPO runs that differ only in their seed get a row each, and the
+differences pooled over them with an interval that resamples seeds and items
+(`eval.stats.items_and_seeds_bootstrap_ci`): one seed's interval carries no
+sampling luck of the run itself.
+
+Writes <first grpo run>/summary/{summary.json, summary.md, outputs.jsonl}
+and prints the table and five examples.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from sacrebleu.metrics import CHRF
 
 from eval.alignment_tax import free
 from eval.hacking import best_constant_answer, output_statistics
-from eval.stats import bootstrap_mean_ci
+from eval.stats import bootstrap_mean_ci, items_and_seeds_bootstrap_ci, seed_mean_ci
 from eval.task_metrics import embedding_similarities
 from grpo.config import GRPOConfig, build_reward_from_config
 from grpo.rollout import greedy_completions
@@ -51,6 +57,8 @@ EXAMPLES_SHOWN = 5
 # The config keys that decide which training examples a run sees.
 POOL_KEYS = ("data", "limit", "seed", "task", "source_lang", "target_lang", "data_langs", "max_prompt_tokens",
              "prompt_format")
+# The config keys in which GRPO runs summarised together may differ: they are then seeds of one recipe.
+SEED_KEYS = ("seed", "out_dir", "overwrite", "resume", "save_every", "keep_checkpoints")
 # Columns of the table: (key in a row's scores, header, format).
 COLUMNS = (("reward", "reward", "{:.3f}"), ("chrf", "chrF", "{:.1%}"), ("bleu", "BLEU", "{:.1%}"),
            ("similarity", "similarity", "{:.3f}"), ("target_language", "Chinese", "{:.0%}"),
@@ -98,9 +106,36 @@ def markdown_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_differences(differences: dict) -> str:
-    return "\n".join(f"- GRPO - cold start, {key}: {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-                     for key, d in differences.items())
+def pooled_differences(runs: list[dict], before: dict) -> dict:
+    """The GRPO - cold start differences pooled over seeds, per per-item score.
+
+        d[s, i] = after_s_i - before_i;  mean over s and i, with the interval of
+        `items_and_seeds_bootstrap_ci` (seeds and items resampled), and each
+        seed's mean with their Student-t interval (`seed_mean_ci`).
+    """
+    out = {}
+    for key in before["per_item"]:
+        differences = np.array([np.asarray(run["per_item"][key]) - np.asarray(before["per_item"][key])
+                                for run in runs])
+        differences = differences[:, np.isfinite(differences).all(axis=0)]
+        mean, low, high = items_and_seeds_bootstrap_ci(differences)
+        seed_means = differences.mean(axis=1)
+        _, seed_low, seed_high = seed_mean_ci(seed_means)
+        out[key] = {"mean": mean, "low": low, "high": high, "seed_means": [float(m) for m in seed_means],
+                    "seed_low": seed_low, "seed_high": seed_high}
+    return out
+
+
+def markdown_differences(differences: dict, pooled: dict | None) -> str:
+    """One line per run and score (mean [95% interval]), then one per score pooled over the seeds, if any."""
+    lines = [f"- {name} - cold start, {key}: {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+             for name, run in differences.items() for key, d in run.items()]
+    if pooled:
+        lines += [f"- over the {len(d['seed_means'])} seeds, {key}: {d['mean']:+.4f} [{d['low']:+.4f}, "
+                  f"{d['high']:+.4f}] (seeds and items resampled); per seed "
+                  + ", ".join(f"{m:+.4f}" for m in d["seed_means"])
+                  + f", t interval [{d['seed_low']:+.4f}, {d['seed_high']:+.4f}]" for key, d in pooled.items()]
+    return "\n".join(lines)
 
 
 def model_outputs(checkpoint: str, examples: list[dict], cfg: GRPOConfig, label: str) -> list[str]:
@@ -116,12 +151,28 @@ def model_outputs(checkpoint: str, examples: list[dict], cfg: GRPOConfig, label:
     return outputs
 
 
-def summarise(cold_start_dir: Path, grpo_dir: Path, dev_limit: int) -> dict:
-    """Every row of the summary, the GRPO - cold start differences, and the outputs themselves."""
-    for folder in (cold_start_dir, grpo_dir):
+def refuse_unlike_runs(grpo_dirs: list[Path]) -> None:
+    """Runs pooled as seeds must share every setting but SEED_KEYS; name the first that does not."""
+    if len(set(grpo_dirs)) < len(grpo_dirs):
+        raise DataError(f"a GRPO run is named twice in {', '.join(map(str, grpo_dirs))}")
+    first = load_saved(grpo_dirs[0])
+    for other in grpo_dirs[1:]:
+        saved = load_saved(other)
+        differ = sorted(key for key in first.keys() | saved.keys()
+                        if key not in SEED_KEYS and first.get(key) != saved.get(key))
+        if differ:
+            raise DataError(f"'{grpo_dirs[0]}' and '{other}' differ in {', '.join(differ)}: runs summarised "
+                            f"together are pooled as seeds, so they may differ only in {', '.join(SEED_KEYS)}")
+
+
+def summarise(cold_start_dir: Path, grpo_dirs: list[Path], dev_limit: int) -> dict:
+    """Every row of the summary, the GRPO - cold start differences (per run, and pooled over seeds), and the
+    outputs themselves."""
+    for folder in (cold_start_dir, *grpo_dirs):
         if not (folder / "config.toml").is_file() or not (folder / "final").exists():
             raise DataError(f"'{folder}' is not a finished run (no config.toml or final checkpoint)")
-    cfg = load_config(GRPOConfig, grpo_dir / "config.toml", {"dev_limit": dev_limit})
+    refuse_unlike_runs(grpo_dirs)
+    cfg = load_config(GRPOConfig, grpo_dirs[0] / "config.toml", {"dev_limit": dev_limit})
     # The cold start's training pool, as its (SFT) config chose it: the same data keys, limit and seed.
     cold_saved = load_saved(cold_start_dir)
     cold_cfg = load_config(GRPOConfig, None, {key: cold_saved[key] for key in POOL_KEYS if key in cold_saved})
@@ -135,17 +186,24 @@ def summarise(cold_start_dir: Path, grpo_dir: Path, dev_limit: int) -> dict:
     encoder = reward_encoder(reward_fn, cfg)
 
     constant, pool_reward = best_constant_answer(reward_fn, pool)
+    grpo_names = ["GRPO"] if len(grpo_dirs) == 1 else [f"GRPO {folder}" for folder in grpo_dirs]
     outputs = {"base model": model_outputs(base_model, dev, cfg, "base"),
                "cold start": model_outputs(str(cold_start_dir / "final"), dev, cfg, "cold start"),
-               "GRPO": model_outputs(str(grpo_dir / "final"), dev, cfg, "GRPO"),
+               **{name: model_outputs(str(folder / "final"), dev, cfg, name)
+                  for name, folder in zip(grpo_names, grpo_dirs)},
                "copied source": [e["source"] for e in dev],
                f"best constant {constant!r}": [constant] * len(dev)}
     rows = {name: score_outputs(texts, dev, reward_fn, encoder, cfg.target_lang) for name, texts in outputs.items()}
+    pooled = pooled_differences([rows[name] for name in grpo_names], rows["cold start"]) if len(grpo_dirs) > 1 \
+        else None
     return {"dev_items": len(dev), "reward_weights": dict(cfg.reward_weights), "tau": cfg.tau,
             "encoder": cfg.encoder, "best_constant": {"answer": constant, "pool_reward": pool_reward,
                                                       "pool_size": len(pool)},
+            "grpo_runs": [str(folder) for folder in grpo_dirs],
             "rows": {name: row["scores"] for name, row in rows.items()},
-            "grpo_minus_cold_start": paired_differences(rows["GRPO"], rows["cold start"]),
+            "grpo_minus_cold_start": {name: paired_differences(rows[name], rows["cold start"])
+                                      for name in grpo_names},
+            "grpo_minus_cold_start_over_seeds": pooled,
             "examples": dev, "outputs": outputs}
 
 
@@ -165,11 +223,13 @@ def write_summary(summary: dict, out_dir: Path) -> str:
     numbers = {key: value for key, value in summary.items() if key not in ("examples", "outputs")}
     (out_dir / "summary.json").write_text(json.dumps(numbers, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     shown = [f"- source: {examples[i]['source']}\n  reference: {examples[i]['target']}\n"
-             f"  cold start: {outputs['cold start'][i]}\n  GRPO: {outputs['GRPO'][i]}"
+             f"  cold start: {outputs['cold start'][i]}\n"
+             + "\n".join(f"  {name}: {outputs[name][i]}" for name in summary["grpo_minus_cold_start"])
              for i in range(min(EXAMPLES_SHOWN, len(examples)))]
     text = (f"{summary['dev_items']} dev items; reward {summary['reward_weights']}, tau {summary['tau']}, "
             f"encoder {summary['encoder']}\n\n{markdown_table(summary['rows'])}\n\n"
-            f"{markdown_differences(summary['grpo_minus_cold_start'])}\n\n" + "\n".join(shown) + "\n")
+            f"{markdown_differences(summary['grpo_minus_cold_start'], summary['grpo_minus_cold_start_over_seeds'])}"
+            "\n\n" + "\n".join(shown) + "\n")
     (out_dir / "summary.md").write_text(text, encoding="utf-8")
     return text
 
@@ -177,13 +237,14 @@ def write_summary(summary: dict, out_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.train_summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cold-start", type=Path, default=Path("runs/cold-start-mt"), help="the cold-start run folder")
-    parser.add_argument("--grpo", type=Path, default=Path("runs/grpo-mt"), help="the GRPO run folder")
+    parser.add_argument("--grpo", type=Path, nargs="+", default=[Path("runs/grpo-mt")],
+                        help="the GRPO run folder, or several that differ only in their seed")
     parser.add_argument("--dev-limit", type=int, default=DEFAULT_DEV_LIMIT,
                         help="dev items scored (a seeded subset; default 0 = all)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default <grpo>/summary)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default <first grpo run>/summary)")
     args = parser.parse_args(argv)
     return exit_code_of(lambda: print(write_summary(summarise(args.cold_start, args.grpo, args.dev_limit),
-                                                    args.out or args.grpo / "summary")))
+                                                    args.out or args.grpo[0] / "summary")))
 
 
 if __name__ == "__main__":
